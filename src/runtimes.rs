@@ -48,7 +48,10 @@ pub const CATALOG: &[RuntimeSpec] = &[
 pub fn lookup(language: &str) -> Option<&'static RuntimeSpec> {
     CATALOG.iter().find(|spec| {
         spec.name.eq_ignore_ascii_case(language)
-            || spec.aliases.iter().any(|a| a.eq_ignore_ascii_case(language))
+            || spec
+                .aliases
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(language))
     })
 }
 

@@ -1,0 +1,85 @@
+-- common.lua: helpers prepended to every script at build time (see src/store/scripts.rs).
+-- Every key a helper touches is passed in by the calling script, which got it from KEYS.
+
+-- Milliseconds of the Redis server's clock: one clock for every replica and agent.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The VM a game goes to under `mode`, or nil when no Ready VM has a free slot.
+-- free: ZSET vm_id -> leased games, holding exactly the Ready VMs with games < capacity.
+-- least-loaded takes the lowest score, packed the highest (ties: lexicographic order).
+local function pick_vm(free, mode)
+  local r
+  if mode == 'packed' then
+    r = redis.call('ZRANGE', free, -1, -1)
+  else
+    r = redis.call('ZRANGE', free, 0, 0)
+  end
+  return r[1]
+end
+
+-- Lease one slot of `vm`; the VM leaves `free` when it is full.
+local function take_slot(free, vm_games, vm_cap, vm)
+  local games = redis.call('HINCRBY', vm_games, vm, 1)
+  local cap = tonumber(redis.call('HGET', vm_cap, vm) or '0')
+  if games >= cap then
+    redis.call('ZREM', free, vm)
+  else
+    redis.call('ZADD', free, games, vm)
+  end
+end
+
+-- Return one slot of `vm`; it is offered again only while it is Ready.
+local function release_slot(free, vm_games, vm_cap, vm_state, vm)
+  local games = redis.call('HINCRBY', vm_games, vm, -1)
+  if games < 0 then
+    games = 0
+    redis.call('HSET', vm_games, vm, 0)
+  end
+  local cap = tonumber(redis.call('HGET', vm_cap, vm) or '0')
+  if redis.call('HGET', vm_state, vm) == 'ready' and games < cap then
+    redis.call('ZADD', free, games, vm)
+  end
+end
+
+-- Place a new game: leased to pick_vm(mode), or pending (FIFO by a pool-wide sequence).
+-- Returns the game record (a Lua table) after writing it.
+local function create_game(k, game_id, ttl_ms, mode, now)
+  local epoch = redis.call('INCR', k.seq)
+  local game = { vm = '', epoch = epoch, created = now, expires = now + ttl_ms, ttl = ttl_ms }
+  local vm = pick_vm(k.free, mode)
+  if vm then
+    take_slot(k.free, k.vm_games, k.vm_cap, vm)
+    game.vm = vm
+  else
+    redis.call('ZADD', k.pending, epoch, game_id)
+  end
+  redis.call('HSET', k.games, game_id, cjson.encode(game))
+  redis.call('ZADD', k.game_exp, game.expires, game_id)
+  return game
+end
+
+-- Extend a game's lease to at least now + ttl (activity keeps a game alive).
+local function touch_game(k, game_id, game, ttl_ms, now)
+  game.ttl = ttl_ms
+  if now + ttl_ms > game.expires then
+    game.expires = now + ttl_ms
+  end
+  redis.call('HSET', k.games, game_id, cjson.encode(game))
+  redis.call('ZADD', k.game_exp, game.expires, game_id)
+end
+
+-- Move a queued execution to a final state (expired, cancelled) and wake its waiters.
+local function end_queued(exec_key, queued, game_queued, exec_id, state, code, message, retention_ms, channel, now)
+  local game_id = redis.call('HGET', exec_key, 'game')
+  redis.call('HSET', exec_key, 'state', state, 'finished', now,
+    'error', cjson.encode({ code = code, message = message }))
+  redis.call('PEXPIRE', exec_key, retention_ms)
+  redis.call('ZREM', queued, exec_id)
+  if game_id then
+    redis.call('ZREM', game_queued, game_id .. ':' .. exec_id)
+  end
+  redis.call('PUBLISH', channel, exec_id)
+end

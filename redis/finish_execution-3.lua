@@ -1,0 +1,48 @@
+--[[ finish_execution: an agent records the end of an execution, exactly once.
+
+  The record changes only if the execution is running on this VM under this attempt: a
+  re-delivered or late result (another attempt, another VM) never writes a second result. The
+  stream entry is acknowledged and deleted either way, since this VM is done with it.
+
+  KEYS[1] exec        HASH the execution record
+  KEYS[2] vm_running  HASH vm_id -> running executions
+  KEYS[3] queue       STREAM of this VM
+
+  ARGV[1] execution_id
+  ARGV[2] vm_id
+  ARGV[3] attempt       the attempt start_execution returned
+  ARGV[4] entry_id      the stream entry
+  ARGV[5] state         'finished' | 'failed'
+  ARGV[6] result JSON   '' for none
+  ARGV[7] error JSON    '' for none
+  ARGV[8] retention_ms  how long the ended record stays readable
+  ARGV[9] channel       pub/sub channel that wakes waiting replicas
+
+  Returns 1 when this call wrote the result, 0 when it was stale (nothing written).
+]]
+local exec_key, vm_running, queue = KEYS[1], KEYS[2], KEYS[3]
+local exec_id, vm, attempt, entry_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local state, result, err = ARGV[5], ARGV[6], ARGV[7]
+local retention_ms, channel = tonumber(ARGV[8]), ARGV[9]
+
+redis.call('XACK', queue, 'agents', entry_id)
+redis.call('XDEL', queue, entry_id)
+
+local fields = redis.call('HMGET', exec_key, 'state', 'vm', 'attempts')
+if fields[1] ~= 'running' or fields[2] ~= vm or fields[3] ~= attempt then
+  return 0
+end
+redis.call('HSET', exec_key, 'state', state, 'finished', now_ms())
+if result ~= '' then
+  redis.call('HSET', exec_key, 'result', result)
+end
+if err ~= '' then
+  redis.call('HSET', exec_key, 'error', err)
+end
+redis.call('PEXPIRE', exec_key, retention_ms)
+local running = redis.call('HINCRBY', vm_running, vm, -1)
+if running < 0 then
+  redis.call('HSET', vm_running, vm, 0)
+end
+redis.call('PUBLISH', channel, exec_id)
+return 1

@@ -1,0 +1,218 @@
+//! `/v1/games/{game_id}/executions` and `/v1/executions/{execution_id}`.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::games::{check_game_id, parse_json};
+use super::{ApiError, AppState};
+use crate::model::{Execution, ExecutionRequest, Job};
+use crate::{executions, runtimes};
+
+/// Longest `wait_s` a request may hold a connection for.
+const MAX_WAIT_S: u64 = 60;
+const MAX_FILES: usize = 64;
+const MAX_ARGS: usize = 256;
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+#[derive(Deserialize)]
+pub(super) struct WaitQuery {
+    wait_s: Option<String>,
+}
+
+fn parse_wait(q: &WaitQuery) -> Result<Duration, ApiError> {
+    match q.wait_s.as_deref() {
+        None => Ok(Duration::ZERO),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) if n <= MAX_WAIT_S => Ok(Duration::from_secs(n)),
+            _ => Err(ApiError::bad_request(
+                "invalid_wait_s",
+                format!("wait_s must be an integer in 0..={MAX_WAIT_S}"),
+            )),
+        },
+    }
+}
+
+/// A file name that is safe to create in a fresh work directory.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+}
+
+/// Turns a request into a job, or the 4xx that names what is wrong.
+fn validate(
+    state: &AppState,
+    game_id: &str,
+    execution_id: &str,
+    req: ExecutionRequest,
+) -> Result<Job, ApiError> {
+    let spec = runtimes::lookup(&req.language)
+        .filter(|spec| state.config.language_list().iter().any(|l| l == spec.name))
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "unsupported_language",
+                format!(
+                    "language {:?} is not offered; offered: {}",
+                    req.language, state.config.languages
+                ),
+            )
+        })?;
+    if req.files.is_empty() || req.files.len() > MAX_FILES {
+        return Err(ApiError::unprocessable(
+            "invalid_files",
+            format!("files must hold 1..={MAX_FILES} files; the first is the entry point"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, file) in req.files.iter().enumerate() {
+        if !valid_file_name(&file.name) {
+            return Err(ApiError::unprocessable(
+                "invalid_file_name",
+                format!(
+                    "files[{i}].name {:?}: must be 1-255 bytes, not '.' or '..', without '/' or NUL",
+                    file.name
+                ),
+            ));
+        }
+        if !seen.insert(file.name.as_str()) {
+            return Err(ApiError::unprocessable(
+                "invalid_file_name",
+                format!("files[{i}].name {:?} appears twice", file.name),
+            ));
+        }
+    }
+    if req.args.len() > MAX_ARGS {
+        return Err(ApiError::unprocessable(
+            "invalid_args",
+            format!("at most {MAX_ARGS} args"),
+        ));
+    }
+    if let Some(i) = req.args.iter().position(|a| a.contains('\0')) {
+        return Err(ApiError::unprocessable(
+            "invalid_args",
+            format!("args[{i}] contains NUL"),
+        ));
+    }
+    if let Some(key) = &req.idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+            return Err(ApiError::unprocessable(
+                "invalid_idempotency_key",
+                format!("idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} bytes without control characters"),
+            ));
+        }
+    }
+    let limits = state
+        .config
+        .resolve_limits(req.limits)
+        .map_err(|message| ApiError::unprocessable("invalid_limits", message))?;
+    Ok(Job {
+        execution_id: execution_id.to_string(),
+        game_id: game_id.to_string(),
+        language: spec.name.to_string(),
+        files: req.files,
+        stdin: req.stdin.unwrap_or_default(),
+        args: req.args,
+        limits,
+    })
+}
+
+/// 200 with a final record, 202 with `Location` while it is queued or running.
+fn respond(record: Execution) -> Response {
+    let status = if record.state.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = format!("/v1/executions/{}", record.execution_id);
+    let mut response = (status, Json(record)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    Path(game_id): Path<String>,
+    Query(query): Query<WaitQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_game_id(&game_id)?;
+    let wait = parse_wait(&query)?;
+    let req: ExecutionRequest = parse_json(&body)?;
+    let idempotency_key = req.idempotency_key.clone();
+    let execution_id = uuid::Uuid::new_v4().simple().to_string();
+    let job = validate(&state, &game_id, &execution_id, req)?;
+    let job_json = serde_json::to_string(&job)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let submitted = executions::submit(
+        &state.store,
+        state.submit_params(),
+        &game_id,
+        &execution_id,
+        &job_json,
+        idempotency_key.as_deref(),
+    )
+    .await?;
+    tracing::debug!(game_id, execution_id = %submitted.execution_id, duplicate = submitted.duplicate, "execution accepted");
+    let record = state
+        .waiters
+        .wait_final(&state.store, &submitted.execution_id, wait)
+        .await?
+        .ok_or_else(|| {
+            // Only possible if the record's retention ran out between accept and read.
+            ApiError::not_found("execution_not_found", "the execution's record has expired")
+        })?;
+    Ok(respond(record))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path(execution_id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let wait = parse_wait(&query)?;
+    let not_found = || {
+        ApiError::not_found(
+            "execution_not_found",
+            format!("no execution {execution_id}"),
+        )
+    };
+    if execution_id.len() != 32 || !execution_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let record = state
+        .waiters
+        .wait_final(&state.store, &execution_id, wait)
+        .await?
+        .ok_or_else(not_found)?;
+    let mut response = Json(&record).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/executions/{}", record.execution_id)) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_file_name;
+
+    #[test]
+    fn file_names_that_could_escape_the_work_dir_are_rejected() {
+        assert!(valid_file_name("main.py"));
+        assert!(valid_file_name(".hidden"));
+        for bad in ["", ".", "..", "a/b", "/etc/passwd", "../x", "a\0b"] {
+            assert!(!valid_file_name(bad), "{bad:?}");
+        }
+        assert!(valid_file_name(&"a".repeat(255)));
+        assert!(!valid_file_name(&"a".repeat(256)));
+    }
+}

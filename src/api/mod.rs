@@ -1,0 +1,106 @@
+//! The REST API (v1). Every `/v1` route needs `Authorization: Bearer TOKEN`; `/healthz` and
+//! `/readyz` are open. Handlers validate everything a client sends before anything reaches
+//! Redis, so a client mistake is a 4xx naming the field and changes nothing.
+
+mod error;
+mod executions;
+mod games;
+mod pool;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+pub use error::ApiError;
+pub(crate) use games::end_game_queue;
+
+use crate::config::Config;
+use crate::executions::SubmitParams;
+use crate::store::Store;
+use crate::waiters::Waiters;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub tokens: Arc<Vec<String>>,
+    pub waiters: Waiters,
+}
+
+impl AppState {
+    pub fn submit_params(&self) -> SubmitParams {
+        SubmitParams {
+            queue_timeout_ms: self.config.queue_timeout_s * 1000,
+            game_ttl_ms: self.config.game_ttl_s * 1000,
+            placement: self.config.placement,
+            retention_ms: self.config.result_ttl_s * 1000,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/games/{game_id}",
+            put(games::put_game)
+                .get(games::get_game)
+                .delete(games::delete_game),
+        )
+        .route("/games/{game_id}/executions", post(executions::submit))
+        .route("/executions/{execution_id}", get(executions::get))
+        .route("/languages", get(pool::languages))
+        .route("/pool", get(pool::status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .with_state(state)
+}
+
+/// Accepts a request whose bearer token matches one of the configured tokens, comparing in
+/// constant time so response timing reveals nothing about a token.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes);
+    let ok = presented.is_some_and(|p| {
+        // Check every token (no early exit) so the count of tokens checked leaks nothing.
+        state
+            .tokens
+            .iter()
+            .fold(0u8, |acc, t| acc | t.as_bytes().ct_eq(p).unwrap_u8())
+            == 1
+    });
+    if !ok {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token (Authorization: Bearer TOKEN)",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.ping().await?;
+    Ok("ready")
+}

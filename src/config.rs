@@ -1,0 +1,263 @@
+//! Orchestrator configuration: one struct, every field an env variable (and a flag), validated
+//! once at start. The README's configuration table lists the same names and defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::model::{Limits, LimitsRequest};
+use crate::routing::Placement;
+use crate::store::RedisSettings;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Redis URL (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`). Required by
+    /// `serve`; `dev` starts its own redis-server when unset.
+    #[arg(long, env = "WARMPOOL_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Name of the pool: all its keys share the hash tag `{wp:POOL}`.
+    #[arg(long, env = "WARMPOOL_POOL", default_value = "default")]
+    pub pool: String,
+    /// Address the REST API listens on.
+    #[arg(long, env = "WARMPOOL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Comma-separated bearer tokens accepted by /v1 (`dev` uses `dev-token` when unset).
+    #[arg(long, env = "WARMPOOL_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// Where a new game goes: `least-loaded` (spread) or `packed` (fill the fullest VM first).
+    #[arg(long, env = "WARMPOOL_PLACEMENT", default_value = "least-loaded")]
+    pub placement: Placement,
+    /// An execution no VM took within this many seconds ends `expired`.
+    #[arg(long, env = "WARMPOOL_QUEUE_TIMEOUT_S", default_value_t = 120)]
+    pub queue_timeout_s: u64,
+    /// Default game lease: a game with no activity for this long is expired.
+    #[arg(long, env = "WARMPOOL_GAME_TTL_S", default_value_t = 3600)]
+    pub game_ttl_s: u64,
+    /// Largest `ttl_s` a client may ask for.
+    #[arg(long, env = "WARMPOOL_MAX_GAME_TTL_S", default_value_t = 86_400)]
+    pub max_game_ttl_s: u64,
+    /// How long an ended execution (and an idempotency key) stays readable.
+    #[arg(long, env = "WARMPOOL_RESULT_TTL_S", default_value_t = 86_400)]
+    pub result_ttl_s: u64,
+    /// Largest request body; larger ones get 413.
+    #[arg(long, env = "WARMPOOL_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Languages the API accepts (comma-separated catalog names); default: the whole catalog.
+    #[arg(
+        long,
+        env = "WARMPOOL_LANGUAGES",
+        default_value = "python,bash,javascript"
+    )]
+    pub languages: String,
+    #[arg(long, env = "WARMPOOL_DEFAULT_WALL_TIME_MS", default_value_t = 5_000)]
+    pub default_wall_time_ms: u64,
+    #[arg(long, env = "WARMPOOL_MAX_WALL_TIME_MS", default_value_t = 60_000)]
+    pub max_wall_time_ms: u64,
+    #[arg(long, env = "WARMPOOL_DEFAULT_CPU_TIME_MS", default_value_t = 5_000)]
+    pub default_cpu_time_ms: u64,
+    #[arg(long, env = "WARMPOOL_MAX_CPU_TIME_MS", default_value_t = 60_000)]
+    pub max_cpu_time_ms: u64,
+    #[arg(long, env = "WARMPOOL_DEFAULT_MEMORY_MB", default_value_t = 256)]
+    pub default_memory_mb: u64,
+    #[arg(long, env = "WARMPOOL_MAX_MEMORY_MB", default_value_t = 2_048)]
+    pub max_memory_mb: u64,
+    #[arg(long, env = "WARMPOOL_DEFAULT_MAX_OUTPUT_BYTES", default_value_t = 64 * 1024)]
+    pub default_max_output_bytes: u64,
+    #[arg(long, env = "WARMPOOL_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: u64,
+    /// Redis connections per replica.
+    #[arg(long, env = "WARMPOOL_REDIS_POOL_SIZE", default_value_t = 8)]
+    pub redis_pool_size: usize,
+    /// Redis command timeout; past it the API answers 503.
+    #[arg(long, env = "WARMPOOL_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+    /// How often each replica sweeps expired executions and games.
+    #[arg(long, env = "WARMPOOL_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    pub sweep_interval_ms: u64,
+    /// VM provider: `local` (agent processes on this machine) or `none` (VMs are started by
+    /// someone else, e.g. a test or another replica).
+    #[arg(long, env = "WARMPOOL_PROVIDER", default_value = "local")]
+    pub provider: String,
+    /// VMs created at start (the static pool size until the autoscaler lands).
+    #[arg(long, env = "WARMPOOL_MIN_VMS", default_value_t = 1)]
+    pub min_vms: u32,
+    /// Games one VM takes.
+    #[arg(long, env = "WARMPOOL_VM_CAPACITY", default_value_t = 8)]
+    pub vm_capacity: u32,
+    /// Local provider: delay before a new agent registers, to make a cold start visible.
+    #[arg(long, env = "WARMPOOL_LOCAL_BOOT_DELAY_MS", default_value_t = 0)]
+    pub local_boot_delay_ms: u64,
+    /// Local provider: the agent binary (default: `warmpool-agent` beside this binary).
+    #[arg(long, env = "WARMPOOL_AGENT_BIN")]
+    pub agent_bin: Option<std::path::PathBuf>,
+    /// Local provider: the agents' sandbox backend (`bwrap`; `process` is unsandboxed, dev only).
+    #[arg(long, env = "WARMPOOL_AGENT_SANDBOX", default_value = "bwrap")]
+    pub agent_sandbox: String,
+    /// Local provider: concurrent sandboxes per agent.
+    #[arg(long, env = "WARMPOOL_AGENT_SLOTS", default_value_t = 4)]
+    pub agent_slots: u32,
+}
+
+/// A configuration mistake, named so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+fn bad(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot: ranges and relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pool_ok = !self.pool.is_empty()
+            && self.pool.len() <= 32
+            && self
+                .pool
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !pool_ok {
+            return Err(bad("WARMPOOL_POOL", "1-32 of [a-z0-9-]"));
+        }
+        for (name, value) in [
+            ("WARMPOOL_QUEUE_TIMEOUT_S", self.queue_timeout_s),
+            ("WARMPOOL_GAME_TTL_S", self.game_ttl_s),
+            ("WARMPOOL_RESULT_TTL_S", self.result_ttl_s),
+            ("WARMPOOL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            ("WARMPOOL_SWEEP_INTERVAL_MS", self.sweep_interval_ms),
+            ("WARMPOOL_VM_CAPACITY", u64::from(self.vm_capacity)),
+            ("WARMPOOL_AGENT_SLOTS", u64::from(self.agent_slots)),
+        ] {
+            if value == 0 {
+                return Err(bad(name, "must be greater than 0"));
+            }
+        }
+        if self.game_ttl_s > self.max_game_ttl_s {
+            return Err(bad(
+                "WARMPOOL_GAME_TTL_S",
+                "must not exceed WARMPOOL_MAX_GAME_TTL_S",
+            ));
+        }
+        for (name, default, max) in [
+            (
+                "WARMPOOL_DEFAULT_WALL_TIME_MS",
+                self.default_wall_time_ms,
+                self.max_wall_time_ms,
+            ),
+            (
+                "WARMPOOL_DEFAULT_CPU_TIME_MS",
+                self.default_cpu_time_ms,
+                self.max_cpu_time_ms,
+            ),
+            (
+                "WARMPOOL_DEFAULT_MEMORY_MB",
+                self.default_memory_mb,
+                self.max_memory_mb,
+            ),
+            (
+                "WARMPOOL_DEFAULT_MAX_OUTPUT_BYTES",
+                self.default_max_output_bytes,
+                self.max_output_bytes,
+            ),
+        ] {
+            if default == 0 || default > max {
+                return Err(bad(name, format!("must be in 1..={max} (its maximum)")));
+            }
+        }
+        for lang in self.language_list() {
+            if crate::runtimes::lookup(&lang).is_none_or(|spec| spec.name != lang) {
+                return Err(bad(
+                    "WARMPOOL_LANGUAGES",
+                    format!("unknown language {lang:?}"),
+                ));
+            }
+        }
+        if !matches!(self.provider.as_str(), "local" | "none") {
+            return Err(bad("WARMPOOL_PROVIDER", "one of: local, none"));
+        }
+        if !matches!(self.agent_sandbox.as_str(), "bwrap" | "process") {
+            return Err(bad("WARMPOOL_AGENT_SANDBOX", "one of: bwrap, process"));
+        }
+        Ok(())
+    }
+
+    pub fn language_list(&self) -> Vec<String> {
+        self.languages
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    pub fn redis_settings(&self, url: String) -> RedisSettings {
+        RedisSettings {
+            url,
+            pool_size: self.redis_pool_size,
+            command_timeout: Duration::from_millis(self.redis_timeout_ms),
+        }
+    }
+
+    pub fn tokens(&self) -> Vec<String> {
+        self.api_tokens
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// Resolves a client's limits against the defaults and maxima; `Err` names the field.
+    pub fn resolve_limits(&self, req: Option<LimitsRequest>) -> Result<Limits, String> {
+        let req = req.unwrap_or_default();
+        let pick = |field: &str, asked: Option<u64>, default: u64, max: u64| match asked {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(format!("limits.{field} is {v}; allowed: 1..={max}")),
+        };
+        Ok(Limits {
+            wall_time_ms: pick(
+                "wall_time_ms",
+                req.wall_time_ms,
+                self.default_wall_time_ms,
+                self.max_wall_time_ms,
+            )?,
+            cpu_time_ms: pick(
+                "cpu_time_ms",
+                req.cpu_time_ms,
+                self.default_cpu_time_ms,
+                self.max_cpu_time_ms,
+            )?,
+            memory_mb: pick(
+                "memory_mb",
+                req.memory_mb,
+                self.default_memory_mb,
+                self.max_memory_mb,
+            )?,
+            max_output_bytes: pick(
+                "max_output_bytes",
+                req.max_output_bytes,
+                self.default_max_output_bytes,
+                self.max_output_bytes,
+            )?,
+        })
+    }
+
+    /// The configuration with every default, as tests and benches start from.
+    pub fn defaults() -> Config {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        Wrapper::parse_from(["warmpool"]).config
+    }
+}

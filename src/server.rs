@@ -1,0 +1,139 @@
+//! The composition root of one orchestrator replica: API, background loops and provider,
+//! started by [`run`] with its listener and shutdown token passed in, so tests start it on
+//! `127.0.0.1:0` and stop it at will.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::ClientLike;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::model::{ErrorDetail, ExecutionState};
+use crate::pool::local::{LocalProvider, LocalSettings};
+use crate::pool::provider::{NoProvider, Provider};
+use crate::routing::{self, Deleted};
+use crate::store::{Store, StoreError};
+use crate::waiters::{self, Waiters};
+use crate::{executions, pool};
+
+/// Most records one sweep ends, so a backlog is worked through in bounded steps.
+const SWEEP_BATCH: i64 = 256;
+
+/// Runs one replica until `shutdown` is cancelled, then stops what it started.
+pub async fn run(
+    config: Config,
+    redis_url: String,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let settings = config.redis_settings(redis_url.clone());
+    let store = Store::connect(&settings, &config.pool).await?;
+    let waiters = Waiters::default();
+    let subscriber = waiters::subscribe(&settings, &store, waiters.clone()).await?;
+    let state = AppState {
+        store: store.clone(),
+        tokens: Arc::new(config.tokens()),
+        config: Arc::new(config.clone()),
+        waiters,
+    };
+
+    let provider: Arc<dyn Provider> = match config.provider.as_str() {
+        "local" => Arc::new(LocalProvider::new(LocalSettings {
+            agent_bin: config
+                .agent_bin
+                .clone()
+                .unwrap_or_else(LocalProvider::default_agent_bin),
+            redis_url,
+            pool: config.pool.clone(),
+            boot_delay_ms: config.local_boot_delay_ms,
+            sandbox: config.agent_sandbox.clone(),
+            slots: config.agent_slots,
+        })),
+        _ => Arc::new(NoProvider),
+    };
+    let created = pool::ensure_static_pool(
+        &store,
+        provider.as_ref(),
+        config.min_vms,
+        config.vm_capacity,
+    )
+    .await?;
+    if !created.is_empty() {
+        tracing::info!(?created, provider = provider.name(), "VMs created");
+    }
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(sweep_loop(state.clone(), shutdown.clone()));
+
+    let app = api::router(state);
+    tracing::info!(addr = %listener.local_addr()?, pool = %config.pool, "listening");
+    let serve_shutdown = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+        .await?;
+
+    tasks.close();
+    tasks.wait().await;
+    for vm in provider.list().await.unwrap_or_default() {
+        let _ = provider.delete(&vm.vm_id).await;
+    }
+    let _ = subscriber.quit().await;
+    store.quit().await;
+    Ok(())
+}
+
+/// Ends overdue queued executions, expires idle games, and places pending games, on a tick.
+/// Every replica runs it; every step is a script that is safe to run concurrently.
+async fn sweep_loop(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sweep_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = sweep(&state).await {
+            tracing::warn!(error = %err, "sweep failed; retrying next tick");
+        }
+    }
+}
+
+/// One pass of the sweeper.
+pub async fn sweep(state: &AppState) -> Result<(), StoreError> {
+    let store = &state.store;
+    let retention_ms = state.config.result_ttl_s * 1000;
+    let now = store.now_ms().await?;
+    let expired = ErrorDetail {
+        code: "queue_timeout".into(),
+        message: format!(
+            "no VM took the execution within {} s",
+            state.config.queue_timeout_s
+        ),
+    };
+    for id in executions::overdue(store, now, SWEEP_BATCH).await? {
+        executions::end_queued(
+            store,
+            &id,
+            ExecutionState::Expired,
+            &expired,
+            retention_ms,
+            true,
+        )
+        .await?;
+    }
+    for game_id in routing::expired_games(store, now, SWEEP_BATCH).await? {
+        if let Deleted::Deleted { queued, .. } = routing::delete_game(store, &game_id, true).await?
+        {
+            tracing::info!(game_id, "game lease expired");
+            api::end_game_queue(state, &queued, "game_expired", "the game's lease expired").await?;
+        }
+    }
+    // Expired games and reconnected agents free slots: hand them to pending games.
+    routing::place_pending(store, state.config.placement, None).await?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Redis: the connection, the key schema ([`keys`]) and the Lua scripts ([`scripts`]).
+//!
+//! All of warmpool's shared state lives here; orchestrator replicas and agents keep none of
+//! their own. Every change that must be atomic is one script call. Callers in `routing`,
+//! `executions` and `pool` give meaning to the replies; this module only moves them.
+
+pub mod keys;
+pub mod scripts;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Value;
+
+pub use keys::Keys;
+use scripts::LuaScript;
+
+/// A Redis failure, as callers need to tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis cannot be reached (connection refused or lost, timed out): the API answers 503.
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[source] fred::error::Error),
+    /// Redis answered with an error or a reply the scripts never produce: a bug or a corrupt key.
+    #[error("redis error: {0}")]
+    Redis(#[source] fred::error::Error),
+    #[error("unexpected reply from {script}: {detail}")]
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Redis(_) | StoreError::Reply { .. } => "internal",
+        }
+    }
+}
+
+impl From<fred::error::Error> for StoreError {
+    fn from(err: fred::error::Error) -> Self {
+        use fred::error::ErrorKind;
+        match err.kind() {
+            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
+                StoreError::Unavailable(err)
+            }
+            _ if err.details().starts_with("LOADING") || err.details().contains("Connection") => {
+                StoreError::Unavailable(err)
+            }
+            _ => StoreError::Redis(err),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port[/db]`, `rediss://…`, `redis-cluster://…`, `redis-sentinel://…`.
+    pub url: String,
+    /// Connections in the pool (replicas) or 1 (agents).
+    pub pool_size: usize,
+    /// Every command fails after this long, so a Redis outage surfaces as an error (503) rather
+    /// than a hung request.
+    pub command_timeout: Duration,
+}
+
+/// A pool's Redis: connections, key names and scripts.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    pub keys: Keys,
+    pool_name: String,
+}
+
+impl Store {
+    /// Connects (waiting for the first connection) with automatic reconnects, and loads the
+    /// scripts.
+    pub async fn connect(settings: &RedisSettings, pool_name: &str) -> StoreResult<Store> {
+        let pool = builder(settings)?.build_pool(settings.pool_size.max(1))?;
+        pool.init().await?;
+        let store = Store {
+            pool,
+            keys: Keys::new(pool_name),
+            pool_name: pool_name.to_string(),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// Name of the warm pool (not the connection pool) this store serves.
+    pub fn pool_name(&self) -> &str {
+        &self.pool_name
+    }
+
+    /// One connection of the pool, for plain commands.
+    pub fn client(&self) -> &Client {
+        self.pool.next()
+    }
+
+    pub async fn load_scripts(&self) -> StoreResult<()> {
+        for s in scripts::SCRIPTS.all() {
+            s.script.load(self.client()).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a script by SHA, reloading it if Redis lost it.
+    pub async fn call(
+        &self,
+        s: &'static LuaScript,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> StoreResult<Reply> {
+        debug_assert_eq!(keys.len(), s.num_keys, "{}", s.name);
+        let value: Value = s
+            .script
+            .evalsha_with_reload(self.client(), keys, args)
+            .await?;
+        Ok(Reply {
+            script: s.name,
+            value,
+        })
+    }
+
+    /// Answers when Redis does (for `/readyz`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        let _: Value = self.client().ping(None).await?;
+        Ok(())
+    }
+
+    /// The Redis server's clock, in Unix milliseconds.
+    pub async fn now_ms(&self) -> StoreResult<u64> {
+        let cmd = fred::types::CustomCommand::new_static("TIME", None, false);
+        let (secs, micros): (u64, u64) = self.client().custom(cmd, Vec::<Value>::new()).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+}
+
+/// A fred builder with reconnects and the command timeout set.
+pub fn builder(settings: &RedisSettings) -> StoreResult<Builder> {
+    let config = Config::from_url(&settings.url)?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = settings.command_timeout;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = settings.command_timeout;
+            conn.internal_command_timeout = settings.command_timeout;
+            // Fail a command at once while disconnected instead of queueing it behind a
+            // reconnect: the caller answers 503 and the client retries.
+            conn.max_command_attempts = 1;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
+}
+
+/// A script's reply: an array of strings and integers, read by position.
+#[derive(Debug)]
+pub struct Reply {
+    script: &'static str,
+    value: Value,
+}
+
+impl Reply {
+    fn items(&self) -> &[Value] {
+        match &self.value {
+            Value::Array(items) => items,
+            other => std::slice::from_ref(other),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items().is_empty()
+    }
+
+    fn bad(&self, detail: String) -> StoreError {
+        StoreError::Reply {
+            script: self.script,
+            detail,
+        }
+    }
+
+    /// Item `i` as text.
+    pub fn str(&self, i: usize) -> StoreResult<String> {
+        match self.items().get(i) {
+            Some(Value::String(s)) => Ok(s.to_string()),
+            Some(Value::Bytes(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Some(Value::Integer(n)) => Ok(n.to_string()),
+            other => Err(self.bad(format!("item {i} is {other:?}, not text"))),
+        }
+    }
+
+    /// Item `i` as an integer (a Lua number, or text holding one).
+    pub fn int(&self, i: usize) -> StoreResult<i64> {
+        match self.items().get(i) {
+            Some(Value::Integer(n)) => Ok(*n),
+            Some(Value::String(s)) => s.parse().map_err(|_| self.bad(format!("item {i}: {s}"))),
+            Some(Value::Bytes(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| self.bad(format!("item {i} is not a number"))),
+            other => Err(self.bad(format!("item {i} is {other:?}, not a number"))),
+        }
+    }
+
+    /// Items from `i` on, as text.
+    pub fn strs_from(&self, i: usize) -> StoreResult<Vec<String>> {
+        (i..self.len()).map(|j| self.str(j)).collect()
+    }
+
+    /// The reply's status word (item 0), checked against those the script documents.
+    pub fn status(&self, known: &[&'static str]) -> StoreResult<&'static str> {
+        let word = self.str(0)?;
+        known
+            .iter()
+            .copied()
+            .find(|k| *k == word)
+            .ok_or_else(|| self.bad(format!("unknown status {word}")))
+    }
+}
+
+/// Text, integer and float arguments for [`Store::call`].
+pub fn arg(v: impl Into<Value>) -> Value {
+    v.into()
+}
