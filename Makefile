@@ -1,0 +1,36 @@
+# warmpool: the two commands. `make demo` runs the real thing locally; `make test` runs every test.
+.PHONY: demo test build release lint bench deps
+
+CARGO ?= cargo
+
+deps:
+	@scripts/ensure-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+release: deps
+	$(CARGO) build --release --workspace --bins
+
+demo: deps
+	$(CARGO) build --release --workspace --bins
+	scripts/demo.sh target/release
+
+# The integration tests start the agent binary: build every binary first.
+test: deps
+	$(CARGO) build --workspace --bins
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	target/release/warmpool bench place
+	target/release/warmpool bench exec
+	target/release/warmpool bench startup

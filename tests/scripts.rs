@@ -1,0 +1,431 @@
+//! The Lua scripts on a real redis-server, through the library functions that call them:
+//! placement, capacity, pending FIFO, backlogs, idempotency, exactly-once results, expiry.
+
+mod common;
+
+use common::*;
+use warmpool::executions::{self, Finish, Start, SubmitParams, Submitted};
+use warmpool::model::{ErrorDetail, ExecutionResult, ExecutionState, GameState, Outcome};
+use warmpool::pool::vms;
+use warmpool::routing::{self, Deleted, Placement};
+use warmpool::store::Store;
+
+async fn ready_vm(store: &Store, vm: &str, capacity: u32) {
+    assert!(vms::add(store, vm, capacity).await.unwrap());
+    assert_eq!(
+        vms::register(store, vm, capacity, &[], "test")
+            .await
+            .unwrap(),
+        Some(0)
+    );
+}
+
+const TTL: u64 = 60_000;
+
+fn params(placement: Placement) -> SubmitParams {
+    SubmitParams {
+        queue_timeout_ms: 60_000,
+        game_ttl_ms: TTL,
+        placement,
+        retention_ms: 60_000,
+    }
+}
+
+async fn submit(store: &Store, game: &str, id: &str, idem: Option<&str>) -> Submitted {
+    executions::submit(store, params(Placement::LeastLoaded), game, id, "{}", idem)
+        .await
+        .unwrap()
+}
+
+fn ok_result() -> ExecutionResult {
+    ExecutionResult {
+        outcome: Outcome::Ok,
+        exit_code: Some(0),
+        signal: None,
+        stdout: "hi\n".into(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        wall_time_ms: 1,
+        cpu_time_ms: 1,
+        memory_kb: 1,
+    }
+}
+
+/// Reads the VM stream's entries: (entry id, execution id).
+async fn stream_entries(store: &Store, vm: &str) -> Vec<(String, String)> {
+    use fred::prelude::*;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = store
+        .client()
+        .xrange(store.keys.queue(vm), "-", "+", None)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(id, f)| (id, f.get("e").cloned().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn least_loaded_spreads_games_and_packed_fills_the_fullest_vm() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 3).await;
+    ready_vm(&s, "vm-b", 3).await;
+
+    let mut on = Vec::new();
+    for g in ["g1", "g2", "g3", "g4"] {
+        let (game, created) = routing::put_game(&s, g, TTL, Placement::LeastLoaded)
+            .await
+            .unwrap();
+        assert!(created);
+        on.push(game.vm_id.unwrap());
+    }
+    let a = on.iter().filter(|v| *v == "vm-a").count();
+    assert_eq!((a, on.len() - a), (2, 2), "least-loaded alternates: {on:?}");
+
+    // vm-a and vm-b hold 2 each; packed takes the fullest one with a slot until it is full.
+    let (g5, _) = routing::put_game(&s, "g5", TTL, Placement::Packed)
+        .await
+        .unwrap();
+    let first = g5.vm_id.unwrap();
+    let (g6, _) = routing::put_game(&s, "g6", TTL, Placement::Packed)
+        .await
+        .unwrap();
+    let second = g6.vm_id.unwrap();
+    assert_ne!(
+        first, second,
+        "the first VM was full after g5, so g6 goes to the other"
+    );
+    // Both full now: the next game is pending.
+    let (g7, _) = routing::put_game(&s, "g7", TTL, Placement::Packed)
+        .await
+        .unwrap();
+    assert_eq!(g7.state, GameState::Pending);
+    assert_eq!(g7.vm_id, None);
+}
+
+#[tokio::test]
+async fn a_game_stays_on_its_vm_when_refreshed() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 4).await;
+    let (g, created) = routing::put_game(&s, "g", TTL, Placement::LeastLoaded)
+        .await
+        .unwrap();
+    assert!(created);
+    ready_vm(&s, "vm-b", 4).await; // emptier VM appears
+    let (again, created) = routing::put_game(&s, "g", TTL * 2, Placement::LeastLoaded)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.vm_id, g.vm_id);
+    assert!(again.expires_at > g.expires_at, "the lease was extended");
+    let pool = vms::list(&s).await.unwrap();
+    let games: Vec<u64> = pool.iter().map(|v| v.games).collect();
+    assert_eq!(games, vec![1, 0], "refresh took no second slot");
+}
+
+#[tokio::test]
+async fn pending_games_are_placed_in_arrival_order_with_their_backlogs() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    // No VM: both games pend, executions wait in their backlogs.
+    for (game, exec) in [
+        ("first", "e1"),
+        ("second", "e2"),
+        ("first", "e3"),
+        ("third", "e4"),
+    ] {
+        submit(&s, game, exec, None).await;
+    }
+    for g in ["first", "second", "third"] {
+        let game = routing::get_game(&s, g).await.unwrap().unwrap();
+        assert_eq!(game.state, GameState::Pending);
+    }
+    // A VM with room for two becomes Ready: the two oldest games go to it.
+    ready_vm(&s, "vm-a", 2).await;
+    assert_eq!(
+        routing::place_pending(&s, Placement::LeastLoaded, Some("vm-a"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        routing::get_game(&s, "first")
+            .await
+            .unwrap()
+            .unwrap()
+            .vm_id
+            .as_deref(),
+        Some("vm-a")
+    );
+    assert_eq!(
+        routing::get_game(&s, "second")
+            .await
+            .unwrap()
+            .unwrap()
+            .vm_id
+            .as_deref(),
+        Some("vm-a")
+    );
+    assert_eq!(
+        routing::get_game(&s, "third").await.unwrap().unwrap().state,
+        GameState::Pending
+    );
+    let on_stream: Vec<String> = stream_entries(&s, "vm-a")
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(
+        on_stream,
+        vec!["e1", "e3", "e2"],
+        "backlogs moved in order, game by game"
+    );
+
+    // Another VM: the guess is wrong on purpose; the script names the right VM.
+    ready_vm(&s, "vm-b", 2).await;
+    assert_eq!(
+        routing::place_pending(&s, Placement::LeastLoaded, Some("vm-a"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        routing::get_game(&s, "third")
+            .await
+            .unwrap()
+            .unwrap()
+            .vm_id
+            .as_deref(),
+        Some("vm-b")
+    );
+    let on_b: Vec<String> = stream_entries(&s, "vm-b")
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(on_b, vec!["e4"]);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_execution() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 2).await;
+    let first = submit(&s, "g", "e1", Some("k")).await;
+    let again = submit(&s, "g", "e2", Some("k")).await;
+    assert_eq!(
+        first,
+        Submitted {
+            execution_id: "e1".into(),
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        again,
+        Submitted {
+            execution_id: "e1".into(),
+            duplicate: true
+        }
+    );
+    assert!(
+        executions::get(&s, "e2").await.unwrap().is_none(),
+        "nothing was written for e2"
+    );
+    // The key is per game.
+    let other = submit(&s, "h", "e3", Some("k")).await;
+    assert!(!other.duplicate);
+    assert_eq!(stream_entries(&s, "vm-a").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_result_is_written_once_and_a_stale_attempt_is_rejected() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 2).await;
+    submit(&s, "g", "e1", None).await;
+    let (entry, _) = stream_entries(&s, "vm-a").await.remove(0);
+
+    let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "e1", 60_000).await.unwrap()
+    else {
+        panic!("a queued execution starts");
+    };
+    assert_eq!(attempt, 1);
+    // Re-delivery to the same VM (an agent restart) is a new attempt; the old one is stale.
+    let Start::Run {
+        attempt: second, ..
+    } = executions::start(&s, "vm-a", "e1", 60_000).await.unwrap()
+    else {
+        panic!("re-delivery on the same VM runs again");
+    };
+    assert_eq!(second, 2);
+    // Another VM cannot take a running execution.
+    assert_eq!(
+        executions::start(&s, "vm-b", "e1", 60_000).await.unwrap(),
+        Start::Skip
+    );
+
+    let result = Finish::Finished(ok_result());
+    assert!(
+        !executions::finish(&s, "vm-a", "e1", 1, &entry, &result, 60_000)
+            .await
+            .unwrap(),
+        "stale attempt"
+    );
+    assert!(
+        executions::finish(&s, "vm-a", "e1", 2, &entry, &result, 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !executions::finish(&s, "vm-a", "e1", 2, &entry, &result, 60_000)
+            .await
+            .unwrap(),
+        "no second result"
+    );
+
+    let record = executions::get(&s, "e1").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Finished);
+    assert_eq!(record.result.unwrap().stdout, "hi\n");
+    assert!(
+        stream_entries(&s, "vm-a").await.is_empty(),
+        "entry acknowledged and deleted"
+    );
+    let running = vms::list(&s).await.unwrap()[0].running;
+    assert_eq!(running, 0);
+}
+
+#[tokio::test]
+async fn deleting_a_game_frees_its_slot_and_returns_its_queue() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 1).await;
+    submit(&s, "g", "e1", None).await;
+    submit(&s, "g", "e2", None).await;
+    submit(&s, "other", "e3", None).await; // pending: vm-a is full
+    assert_eq!(
+        routing::get_game(&s, "other").await.unwrap().unwrap().state,
+        GameState::Pending
+    );
+
+    let Deleted::Deleted { vm_id, mut queued } =
+        routing::delete_game(&s, "g", false).await.unwrap()
+    else {
+        panic!("g existed");
+    };
+    queued.sort();
+    assert_eq!(vm_id.as_deref(), Some("vm-a"));
+    assert_eq!(queued, vec!["e1", "e2"]);
+    assert_eq!(
+        routing::delete_game(&s, "g", false).await.unwrap(),
+        Deleted::Gone
+    );
+    // The freed slot goes to the pending game.
+    assert_eq!(
+        routing::place_pending(&s, Placement::LeastLoaded, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        routing::get_game(&s, "other")
+            .await
+            .unwrap()
+            .unwrap()
+            .vm_id
+            .as_deref(),
+        Some("vm-a")
+    );
+
+    // An execution of the deleted game still on the stream is cancelled when the agent reaches it.
+    assert_eq!(
+        executions::start(&s, "vm-a", "e1", 60_000).await.unwrap(),
+        Start::Skip
+    );
+    let e1 = executions::get(&s, "e1").await.unwrap().unwrap();
+    assert_eq!(e1.state, ExecutionState::Cancelled);
+    assert_eq!(e1.error.unwrap().code, "game_ended");
+}
+
+#[tokio::test]
+async fn only_queued_executions_end_expired_and_only_when_due() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    submit(&s, "g", "e1", None).await;
+    let err = ErrorDetail {
+        code: "queue_timeout".into(),
+        message: "m".into(),
+    };
+    assert!(
+        !executions::end_queued(&s, "e1", ExecutionState::Expired, &err, 60_000, true)
+            .await
+            .unwrap(),
+        "not due yet"
+    );
+    assert!(
+        executions::end_queued(&s, "e1", ExecutionState::Expired, &err, 60_000, false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !executions::end_queued(&s, "e1", ExecutionState::Cancelled, &err, 60_000, false)
+            .await
+            .unwrap(),
+        "final stays final"
+    );
+    let e1 = executions::get(&s, "e1").await.unwrap().unwrap();
+    assert_eq!(e1.state, ExecutionState::Expired);
+    assert!(e1.finished_at.is_some());
+    // An expired execution in a later-placed game's backlog is skipped by the agent.
+    ready_vm(&s, "vm-a", 1).await;
+    routing::place_pending(&s, Placement::LeastLoaded, Some("vm-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        executions::start(&s, "vm-a", "e1", 60_000).await.unwrap(),
+        Start::Skip
+    );
+}
+
+#[tokio::test]
+async fn a_dead_vm_cannot_register_or_start_work() {
+    use fred::prelude::*;
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 1).await;
+    submit(&s, "g", "e1", None).await;
+    let _: i64 = s
+        .client()
+        .hset(&s.keys.vm_state, ("vm-a", "dead"))
+        .await
+        .unwrap();
+    assert_eq!(
+        vms::register(&s, "vm-a", 1, &[], "test").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        executions::start(&s, "vm-a", "e1", 60_000).await.unwrap(),
+        Start::VmDead
+    );
+    assert_eq!(
+        vms::heartbeat(&s, "vm-a").await.unwrap(),
+        Some(warmpool::model::VmState::Dead)
+    );
+    assert_eq!(vms::heartbeat(&s, "vm-unknown").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn scripts_survive_a_script_flush() {
+    use fred::prelude::*;
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    let _: () = s.client().script_flush(false).await.unwrap();
+    // NOSCRIPT is answered by reloading the script.
+    let (game, created) = routing::put_game(&s, "g", TTL, Placement::LeastLoaded)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(game.state, GameState::Pending);
+}
