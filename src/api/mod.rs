@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .with_state(state)
 }
@@ -98,6 +99,44 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         return response;
     }
     next.run(req).await
+}
+
+/// Rewrites the framework's own plain-text rejections (body too large, method not allowed, a
+/// path that is not UTF-8) into the API's JSON error shape, so every error has one form.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
