@@ -14,7 +14,7 @@ release: deps
 
 demo: deps
 	$(CARGO) build --release --workspace --bins
-	scripts/demo.sh target/release
+	target/release/warmpool demo
 
 # The integration tests start the agent binary: build every binary first.
 test: deps

@@ -35,6 +35,8 @@ enum Command {
     Exec(ExecArgs),
     /// Benchmarks (release build): placement rate, execution latency, start-up.
     Bench(crate::bench::BenchArgs),
+    /// A narrated local run: `warmpool dev`, a game through a cold start, the pool, shutdown.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -83,6 +85,7 @@ pub fn main() -> ExitCode {
             Command::Dev(config) => dev(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Exec(args) => exec(args).await,
             Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

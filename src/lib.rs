@@ -8,6 +8,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod executions;
 pub mod model;
 pub mod pool;
