@@ -23,10 +23,18 @@ const TOKEN: &str = "dev-token";
 
 fn show(title: &str, value: &Value) {
     println!("\n== {title}");
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
-async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> anyhow::Result<Value> {
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let mut req = client.request(method, &url).bearer_auth(TOKEN);
     if let Some(b) = body {
         req = req.json(&b);
@@ -37,7 +45,11 @@ async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, bo
     if !status.is_success() {
         bail!("{url}: {status}: {text}");
     }
-    Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+    Ok(if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)?
+    })
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -45,7 +57,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .arg("dev")
         .env("WARMPOOL_LISTEN", "127.0.0.1:0")
         .env("WARMPOOL_MIN_VMS", "1")
-        .env("WARMPOOL_LOCAL_BOOT_DELAY_MS", args.boot_delay_ms.to_string())
+        .env(
+            "WARMPOOL_LOCAL_BOOT_DELAY_MS",
+            args.boot_delay_ms.to_string(),
+        )
         .env("WARMPOOL_AGENT_SANDBOX", &args.sandbox)
         .env_remove("WARMPOOL_REDIS_URL")
         .env_remove("WARMPOOL_API_TOKENS")
@@ -88,9 +103,21 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
     use reqwest::Method;
     let client = reqwest::Client::new();
     let started = Instant::now();
-    show("the pool right after start: one VM, still booting", &call(&client, Method::GET, format!("{base}/v1/pool"), None).await?);
-    let game = call(&client, Method::PUT, format!("{base}/v1/games/demo-match"), Some(json!({"ttl_s": 600}))).await?;
-    show("PUT /v1/games/demo-match: no VM is Ready, so the game is pending", &game);
+    show(
+        "the pool right after start: one VM, still booting",
+        &call(&client, Method::GET, format!("{base}/v1/pool"), None).await?,
+    );
+    let game = call(
+        &client,
+        Method::PUT,
+        format!("{base}/v1/games/demo-match"),
+        Some(json!({"ttl_s": 600})),
+    )
+    .await?;
+    show(
+        "PUT /v1/games/demo-match: no VM is Ready, so the game is pending",
+        &game,
+    );
 
     let programs = [
         ("python", "main.py", "import sys, platform\nprint('hello from', platform.python_version(), 'as uid', __import__('os').getuid())\n"),
@@ -106,7 +133,10 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
             Some(json!({"language": language, "files": [{"name": name, "content": content}]})),
         )
         .await?;
-        println!("\nsubmitted {name} during the cold start -> {} ({})", r["execution_id"], r["state"]);
+        println!(
+            "\nsubmitted {name} during the cold start -> {} ({})",
+            r["execution_id"], r["state"]
+        );
         ids.push(r["execution_id"].as_str().unwrap_or_default().to_string());
     }
     println!(
@@ -114,7 +144,13 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
         boot_delay_ms
     );
     for id in &ids {
-        let r = call(&client, Method::GET, format!("{base}/v1/executions/{id}?wait_s=60"), None).await?;
+        let r = call(
+            &client,
+            Method::GET,
+            format!("{base}/v1/executions/{id}?wait_s=60"),
+            None,
+        )
+        .await?;
         let result = &r["result"];
         println!(
             "\n{id}: {} on {} after {:.1} s | outcome {} | exit {}\n{}",
@@ -145,9 +181,27 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
         r["result"]["wall_time_ms"],
         r["result"]["stdout"].as_str().unwrap_or("").trim_end()
     );
-    show("GET /v1/games/demo-match: placed, sticky on its VM", &call(&client, Method::GET, format!("{base}/v1/games/demo-match"), None).await?);
-    show("GET /v1/pool", &call(&client, Method::GET, format!("{base}/v1/pool"), None).await?);
-    call(&client, Method::DELETE, format!("{base}/v1/games/demo-match"), None).await?;
+    show(
+        "GET /v1/games/demo-match: placed, sticky on its VM",
+        &call(
+            &client,
+            Method::GET,
+            format!("{base}/v1/games/demo-match"),
+            None,
+        )
+        .await?,
+    );
+    show(
+        "GET /v1/pool",
+        &call(&client, Method::GET, format!("{base}/v1/pool"), None).await?,
+    );
+    call(
+        &client,
+        Method::DELETE,
+        format!("{base}/v1/games/demo-match"),
+        None,
+    )
+    .await?;
     println!("\nDELETE /v1/games/demo-match: the game ended and its slot is free");
     Ok(())
 }

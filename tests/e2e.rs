@@ -35,7 +35,10 @@ async fn a_program_runs_through_api_redis_agent_and_sandbox() {
     let started = Instant::now();
     let r = api.submit("g1", body, 30).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(started.elapsed() < Duration::from_secs(10), "the waiting request was woken by the result");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the waiting request was woken by the result"
+    );
     assert_eq!(r.body["state"], "finished");
     assert_eq!(r.body["vm_id"], "vm-1");
     let result = &r.body["result"];
@@ -57,17 +60,34 @@ async fn executions_submitted_before_any_vm_is_ready_all_finish() {
     let (redis, replica) = setup().await;
     let api = replica.api();
     let mut ids = Vec::new();
-    for (game, n) in [("early-a", 0), ("early-b", 1), ("early-a", 2), ("early-b", 3), ("early-a", 4)] {
+    for (game, n) in [
+        ("early-a", 0),
+        ("early-b", 1),
+        ("early-a", 2),
+        ("early-b", 3),
+        ("early-a", 4),
+    ] {
         let r = api.submit(game, python(&format!("print({n})")), 0).await;
         assert_eq!(r.status, 202, "{}", r.body);
         assert_eq!(r.body["state"], "queued");
         ids.push((r.body["execution_id"].as_str().unwrap().to_string(), n));
     }
     assert_eq!(api.get("/v1/games/early-a").await.body["state"], "pending");
-    assert_eq!(api.get("/v1/pool").await.body["games"], json!({"placed": 0, "pending": 2}));
+    assert_eq!(
+        api.get("/v1/pool").await.body["games"],
+        json!({"placed": 0, "pending": 2})
+    );
 
     // The VM boots (slowly) only now.
-    let _agent = Agent::spawn(&redis.url(), POOL, "late-vm", AgentOptions { boot_delay_ms: 500, ..Default::default() });
+    let _agent = Agent::spawn(
+        &redis.url(),
+        POOL,
+        "late-vm",
+        AgentOptions {
+            boot_delay_ms: 500,
+            ..Default::default()
+        },
+    );
     for (id, n) in &ids {
         let record = api.wait_final(id, LONG).await;
         assert_eq!(record["state"], "finished", "{record}");
@@ -75,7 +95,10 @@ async fn executions_submitted_before_any_vm_is_ready_all_finish() {
         assert_eq!(record["vm_id"], "late-vm");
     }
     assert_eq!(api.get("/v1/games/early-a").await.body["vm_id"], "late-vm");
-    assert_eq!(api.get("/v1/pool").await.body["games"], json!({"placed": 2, "pending": 0}));
+    assert_eq!(
+        api.get("/v1/pool").await.body["games"],
+        json!({"placed": 2, "pending": 0})
+    );
     replica.stop().await;
 }
 
@@ -83,8 +106,24 @@ async fn executions_submitted_before_any_vm_is_ready_all_finish() {
 async fn games_spread_over_ready_vms_and_stay_on_theirs() {
     let (redis, replica) = setup().await;
     let api = replica.api();
-    let _a = Agent::spawn(&redis.url(), POOL, "vm-a", AgentOptions { capacity: 2, ..Default::default() });
-    let _b = Agent::spawn(&redis.url(), POOL, "vm-b", AgentOptions { capacity: 2, ..Default::default() });
+    let _a = Agent::spawn(
+        &redis.url(),
+        POOL,
+        "vm-a",
+        AgentOptions {
+            capacity: 2,
+            ..Default::default()
+        },
+    );
+    let _b = Agent::spawn(
+        &redis.url(),
+        POOL,
+        "vm-b",
+        AgentOptions {
+            capacity: 2,
+            ..Default::default()
+        },
+    );
     wait_ready(&api, "vm-a").await;
     wait_ready(&api, "vm-b").await;
     let mut vm_of = std::collections::HashMap::new();
@@ -93,9 +132,19 @@ async fn games_spread_over_ready_vms_and_stay_on_theirs() {
         assert_eq!(r.status, 201);
         vm_of.insert(g, r.body["vm_id"].as_str().map(str::to_string));
     }
-    let on_a = vm_of.values().filter(|v| v.as_deref() == Some("vm-a")).count();
-    let on_b = vm_of.values().filter(|v| v.as_deref() == Some("vm-b")).count();
-    assert_eq!((on_a, on_b), (2, 2), "least-loaded, capacity 2 each: {vm_of:?}");
+    let on_a = vm_of
+        .values()
+        .filter(|v| v.as_deref() == Some("vm-a"))
+        .count();
+    let on_b = vm_of
+        .values()
+        .filter(|v| v.as_deref() == Some("vm-b"))
+        .count();
+    assert_eq!(
+        (on_a, on_b),
+        (2, 2),
+        "least-loaded, capacity 2 each: {vm_of:?}"
+    );
     assert_eq!(vm_of["g5"], None, "the fifth game waits for capacity");
     // Every execution of a game runs on the game's VM.
     for g in ["g1", "g2", "g3", "g4"] {
@@ -130,7 +179,10 @@ async fn two_replicas_serve_the_same_game() {
     let r = two.api().execution(&id, 30).await;
     assert_eq!(r.body["state"], "finished", "{}", r.body);
     assert_eq!(r.body["result"]["stdout"], "shared\n");
-    assert_eq!(one.api().get("/v1/games/shared-game").await.body, two.api().get("/v1/games/shared-game").await.body);
+    assert_eq!(
+        one.api().get("/v1/games/shared-game").await.body,
+        two.api().get("/v1/games/shared-game").await.body
+    );
     one.stop().await;
     two.stop().await;
 }
@@ -187,8 +239,12 @@ async fn an_agent_killed_mid_run_reruns_its_work_once_it_is_back() {
     let mut agent = Agent::spawn(&redis.url(), POOL, "vm-1", AgentOptions::default());
     wait_ready(&api, "vm-1").await;
     // A program that runs long enough to be caught mid-run.
-    let slow = json!({"language": "bash", "files": [{"name": "s.sh", "content": "sleep 2; echo done"}]});
-    let id = api.submit("g", slow, 0).await.body["execution_id"].as_str().unwrap().to_string();
+    let slow =
+        json!({"language": "bash", "files": [{"name": "s.sh", "content": "sleep 2; echo done"}]});
+    let id = api.submit("g", slow, 0).await.body["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     eventually(LONG, "the execution to be running", || {
         let api = api.clone();
         let id = id.clone();
@@ -198,7 +254,7 @@ async fn an_agent_killed_mid_run_reruns_its_work_once_it_is_back() {
     unsafe {
         libc::kill(agent.pid() as i32, libc::SIGKILL);
     }
-    drop(agent.stop());
+    let _ = agent.stop();
     // The same VM's agent comes back and re-reads its unacknowledged entry: a second attempt.
     let _back = Agent::spawn(&redis.url(), POOL, "vm-1", AgentOptions::default());
     let record = api.wait_final(&id, LONG).await;

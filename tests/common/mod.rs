@@ -11,7 +11,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[allow(unused_imports)]
 pub use warmpool::config::Config;
+#[allow(unused_imports)]
 pub use warmpool::redis_server::RedisServer;
 use warmpool::store::{RedisSettings, Store};
 

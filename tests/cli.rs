@@ -1,0 +1,146 @@
+//! The binaries as an operator runs them: `warmpool demo` (which drives `warmpool dev`),
+//! `warmpool exec`, and start-up errors that name the missing setting.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Live processes whose command line contains `needle`.
+fn processes_matching(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_demo_plays_a_game_through_a_cold_start_and_cleans_up() {
+    let out = Command::new(warmpool_bin())
+        .args(["demo", "--boot-delay-ms", "1500"])
+        .env("WARMPOOL_AGENT_BIN", agent_bin())
+        .env("WARMPOOL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ready: http://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("\"state\": \"pending\""),
+        "the game waited for the cold start:\n{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("\"finished\" on \"default-0\"").count(),
+        3,
+        "{stdout}"
+    );
+    assert!(stdout.contains("network: none"), "{stdout}");
+    assert!(stdout.contains("stopped:"), "{stdout}");
+    // `dev` stopped its agent (its VM id is on its command line).
+    assert!(
+        processes_matching("--vm-id default-0").is_empty(),
+        "an agent outlived `warmpool dev`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_prints_the_programs_output_and_exits_with_its_code() {
+    let port = warmpool::redis_server::free_port().unwrap();
+    let mut dev = Command::new(warmpool_bin())
+        .arg("dev")
+        .env("WARMPOOL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WARMPOOL_POOL", "cli")
+        .env("WARMPOOL_AGENT_BIN", agent_bin())
+        .env("WARMPOOL_LOG", "warn")
+        .env_remove("WARMPOOL_REDIS_URL")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert_eq!(ready, format!("ready: http://127.0.0.1:{port}"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("hello.py");
+    std::fs::write(
+        &program,
+        "import sys\nprint('hi', sys.stdin.read())\nsys.exit(7)\n",
+    )
+    .unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "there").unwrap();
+    let out = Command::new(warmpool_bin())
+        .args(["exec", "--game", "cli-game"])
+        .arg(&program)
+        .arg("--stdin")
+        .arg(&input)
+        .env("WARMPOOL_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    unsafe {
+        libc::kill(dev.id() as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || dev.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(processes_matching("--vm-id cli-0").is_empty());
+}
+
+#[test]
+fn serve_names_what_is_missing() {
+    let out = Command::new(warmpool_bin())
+        .arg("serve")
+        .env_remove("WARMPOOL_REDIS_URL")
+        .env("WARMPOOL_API_TOKENS", "t")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARMPOOL_REDIS_URL"), "{err}");
+
+    let out = Command::new(warmpool_bin())
+        .arg("serve")
+        .env("WARMPOOL_REDIS_URL", "redis://127.0.0.1:1")
+        .env("WARMPOOL_PLACEMENT", "random")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARMPOOL_PLACEMENT") || err.contains("--placement"),
+        "{err}"
+    );
+    assert!(err.contains("random"), "{err}");
+
+    let out = Command::new(warmpool_bin())
+        .arg("serve")
+        .env("WARMPOOL_REDIS_URL", "redis://127.0.0.1:1")
+        .env("WARMPOOL_API_TOKENS", "t")
+        .env("WARMPOOL_POOL", "Bad Pool")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARMPOOL_POOL"));
+}
