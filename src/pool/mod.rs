@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod provider;
+pub mod sizing;
 pub mod vms;
 
 pub use provider::{Provider, ProviderError, VmSpec};
