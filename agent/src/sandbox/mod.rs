@@ -1,1 +1,650 @@
-//! Runs one job in a fresh sandbox. (Being written.)
+//! Runs one job in a fresh sandbox: the only place where the agent touches untrusted code.
+//!
+//! # What is isolated, and by what
+//!
+//! With the [`Backend::Bwrap`] backend every execution gets:
+//!
+//! | threat | defence |
+//! | --- | --- |
+//! | root inside, capabilities | the child drops to uid/gid `uid_base + slot` (no supplementary groups) before it execs `bwrap`; bwrap adds `--cap-drop ALL` and `--disable-userns` (no nested user namespaces) |
+//! | network | `--unshare-all`: a fresh network namespace holding only `lo`; there is no option to share the host's |
+//! | other processes | a fresh pid namespace (the program sees only itself), ipc, uts (`--hostname sandbox`) and cgroup namespaces |
+//! | the host filesystem | a fresh tmpfs root holding read-only `/usr` (and the merged-usr links), `/etc/ld.so.cache`, `/etc/alternatives`, a fresh `/proc` and minimal `/dev`, and two sized tmpfs: `/work` (the job's files) and `/tmp` |
+//! | another execution's files | job files go from memory into a memfd and from there straight into this execution's own tmpfs (`--file`); nothing is written to the host disk, and the tmpfs vanishes with the sandbox |
+//! | another execution's file descriptors | memfds are created close-on-exec; the flag is cleared only in the forked child, after every other inherited fd was marked close-on-exec, so concurrent spawns never see each other's files |
+//! | the agent's environment (secrets) | the child's environment is cleared before `bwrap`, and `--clearenv` plus an allow-list inside |
+//! | CPU | `RLIMIT_CPU` (whole seconds, SIGXCPU then SIGKILL) and the measured CPU time checked to the millisecond |
+//! | wall clock | a millisecond deadline, then SIGKILL to bwrap and its pid-namespace init: the kernel kills everything in the namespace, daemons included |
+//! | memory | `RLIMIT_AS` per process. Crude: it bounds address space, not memory, per process; node (V8) reserves ~800 MB of address space at start and cannot run below that. TODO(cgroups issue): a memory cgroup per execution, which also gives a reliable `memory_limit` outcome |
+//! | fork bombs | `RLIMIT_NPROC`, per uid: it holds because the uid is not root, and one uid per slot keeps one execution from starving another |
+//! | disk | the tmpfs sizes and `RLIMIT_FSIZE` |
+//! | output floods | stdout and stderr are each read through a buffer capped at `max_output_bytes`; past it the sandbox is killed |
+//! | the agent dying | `PR_SET_PDEATHSIG` on the reaper shim and on bwrap, and bwrap's `--die-with-parent` inside |
+//! | leftover processes | a reaper shim (a child subreaper between the agent and bwrap) reaps every process of the sandbox, and reports their CPU time and peak memory, before the execution counts as finished |
+//!
+//! Not yet: a seccomp filter (bwrap `--seccomp`), cgroup limits (memory, pids, CPU share).
+//!
+//! The [`Backend::Process`] backend runs the same command with the same rlimits, timeouts and
+//! output caps in a fresh temporary directory, and isolates nothing. It exists for development on
+//! machines without user namespaces.
+//!
+//! # Layout
+//! - `bwrap`: the bubblewrap command line, and how to kill a bwrap sandbox cleanly.
+//! - `process`: the unsandboxed development backend's working directory.
+//! - `child`: fork, rlimits and privilege drop, then supervising the child (deadline, output
+//!   caps, exit) and reaping it with its resource usage.
+//! - `output`: reading one stream through a capped buffer.
+//! - `outcome`: the pure mapping from what happened to an [`Outcome`].
+//! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
+
+mod bwrap;
+mod child;
+mod outcome;
+mod output;
+mod probe;
+mod process;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use warmpool::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
+use warmpool::runtimes::{self, RuntimeSpec, CATALOG};
+
+/// Which sandbox runs the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// bubblewrap: namespaces, a private tmpfs root, an unprivileged uid. Production.
+    Bwrap,
+    /// The bare process in a temporary directory with rlimits only. Development only: untrusted
+    /// code run this way can read the host's files and reach its network.
+    Process,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bwrap => "bwrap",
+            Self::Process => "process",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = SandboxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bwrap" => Ok(Self::Bwrap),
+            "process" => Ok(Self::Process),
+            other => Err(SandboxError::Config(format!(
+                "unknown sandbox backend {other:?} (expected \"bwrap\" or \"process\")"
+            ))),
+        }
+    }
+}
+
+/// How this VM's sandboxes are set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub backend: Backend,
+    /// Slot `i` runs as uid and gid `uid_base + i`. One uid per concurrent slot, because
+    /// `RLIMIT_NPROC` counts every process of a uid: a fork bomb in one execution then cannot
+    /// starve another. The range must belong to no real user of the host.
+    pub uid_base: u32,
+    /// Most sandboxes running at once on this VM; further runs wait for a free slot.
+    pub slots: usize,
+    /// Size of each execution's `/work` tmpfs (and of its `/tmp`), and its `RLIMIT_FSIZE`.
+    pub work_dir_mb: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Bwrap,
+            uid_base: 60_000,
+            slots: 4,
+            work_dir_mb: 64,
+        }
+    }
+}
+
+/// Why the system could not run a job (as opposed to the job running and failing, which is an
+/// `Ok` [`ExecutionResult`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox configuration: {0}")]
+    Config(String),
+    #[error(
+        "bubblewrap (bwrap) was not found on PATH: install the `bubblewrap` package, or use the \
+         `process` backend for development only"
+    )]
+    BwrapMissing,
+    #[error("the sandbox probe failed: {0}")]
+    ProbeFailed(String),
+    #[error("language {0:?} is not available on this VM")]
+    LanguageUnavailable(String),
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    #[error("could not prepare the sandbox: {context}")]
+    Prepare {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start the sandbox")]
+    Spawn(#[source] std::io::Error),
+}
+
+impl SandboxError {
+    /// A short, stable code for metric labels and the execution's `error.code`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "invalid_config",
+            Self::BwrapMissing => "sandbox_unavailable",
+            Self::ProbeFailed(_) => "probe_failed",
+            Self::LanguageUnavailable(_) => "language_unavailable",
+            Self::InvalidJob(_) => "invalid_job",
+            Self::Prepare { .. } => "prepare_failed",
+            Self::Spawn(_) => "spawn_failed",
+        }
+    }
+}
+
+/// Runs jobs, each in a fresh sandbox, at most `slots` at once. Share it behind an `Arc`.
+pub struct Sandbox {
+    cfg: SandboxConfig,
+    launcher: Launcher,
+    slots: Slots,
+    /// The catalog runtimes this VM can run, with the version each reported at start-up.
+    available: Vec<(&'static RuntimeSpec, String)>,
+}
+
+/// The backend, with what it found on the host at start-up.
+enum Launcher {
+    Bwrap(bwrap::Bwrap),
+    Process,
+}
+
+/// One execution, backend-independent: what to run, with what, under which limits.
+struct Plan<'a> {
+    /// `argv[0]` is the absolute path of the program.
+    argv: Vec<String>,
+    files: &'a [FileSpec],
+    stdin: &'a [u8],
+    limits: Limits,
+}
+
+impl Sandbox {
+    /// Checks the configuration, then probes the host: the backend works (a probe program in a
+    /// real sandbox must see a non-root uid, no capabilities, only `lo`, only its own processes
+    /// and the process limit), and which catalog runtimes exist and their versions (each asked
+    /// inside the sandbox, so a runtime that cannot start there is not offered).
+    pub async fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        validate_config(&cfg)?;
+        let launcher = match cfg.backend {
+            Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate()?),
+            Backend::Process => {
+                tracing::warn!(
+                    "SANDBOX BACKEND `process`: executions run UNSANDBOXED on this host (they can \
+                     read its files and reach its network). For development only, never with \
+                     untrusted code."
+                );
+                Launcher::Process
+            }
+        };
+        let mut sandbox = Sandbox {
+            slots: Slots::new(cfg.slots),
+            cfg,
+            launcher,
+            available: Vec::new(),
+        };
+        if matches!(sandbox.launcher, Launcher::Bwrap(_)) {
+            sandbox.probe_isolation().await?;
+        }
+        for spec in CATALOG {
+            if !std::path::Path::new(spec.program).exists() {
+                tracing::info!(
+                    language = spec.name,
+                    program = spec.program,
+                    "runtime not installed"
+                );
+                continue;
+            }
+            match sandbox.probe_version(spec).await {
+                Ok(version) => {
+                    tracing::info!(language = spec.name, %version, "runtime available");
+                    sandbox.available.push((spec, version));
+                }
+                Err(reason) => {
+                    tracing::warn!(language = spec.name, %reason, "runtime does not run in the sandbox");
+                }
+            }
+        }
+        if sandbox.available.is_empty() {
+            tracing::warn!("no runtime of the catalog runs on this VM");
+        }
+        Ok(sandbox)
+    }
+
+    /// The languages this VM can run, with their versions.
+    pub fn languages(&self) -> Vec<LanguageInfo> {
+        self.available
+            .iter()
+            .map(|(spec, version)| LanguageInfo {
+                name: spec.name.to_string(),
+                version: version.clone(),
+                aliases: spec.aliases.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    /// Runs one job in a fresh sandbox, waiting for a free slot first.
+    ///
+    /// `Ok` whenever the program was started, whatever it then did (time and output limits
+    /// included); `Err` only when the system could not run it: a language this VM lacks, a
+    /// malformed job, a failure to prepare or spawn the sandbox.
+    pub async fn run(&self, job: &Job) -> Result<ExecutionResult, SandboxError> {
+        let spec = runtimes::lookup(&job.language)
+            .filter(|spec| self.available.iter().any(|(s, _)| s.name == spec.name))
+            .ok_or_else(|| SandboxError::LanguageUnavailable(job.language.clone()))?;
+        validate_job(job, self.cfg.work_dir_mb)?;
+        let plan = Plan {
+            argv: command_for(spec, job),
+            files: &job.files,
+            stdin: job.stdin.as_bytes(),
+            limits: job.limits,
+        };
+        let result = self.execute(&plan).await;
+        match &result {
+            Ok(r) => tracing::debug!(
+                execution_id = %job.execution_id,
+                language = spec.name,
+                outcome = ?r.outcome,
+                wall_time_ms = r.wall_time_ms,
+                cpu_time_ms = r.cpu_time_ms,
+                "execution finished"
+            ),
+            Err(e) => tracing::warn!(
+                execution_id = %job.execution_id,
+                language = spec.name,
+                kind = e.kind(),
+                error = %e,
+                "execution could not run"
+            ),
+        }
+        result
+    }
+
+    /// Takes a slot, prepares the backend's command, then runs and supervises it.
+    async fn execute(&self, plan: &Plan<'_>) -> Result<ExecutionResult, SandboxError> {
+        let slot = self.slots.acquire().await;
+        // validate_config checked that uid_base + slots fits in a u32.
+        let uid = self.cfg.uid_base + slot.index as u32;
+        let rlimits = child::Rlimits::for_limits(&plan.limits, self.cfg.work_dir_mb);
+        match &self.launcher {
+            Launcher::Bwrap(bwrap) => {
+                // Kept open until the child has read them (bwrap copies them before the
+                // program starts), then closed with `files` at the end of this arm.
+                let files = bwrap::memfds(plan.files)?;
+                let command = bwrap.command(&plan.argv, &files, self.cfg.work_dir_mb);
+                let inherit = files.iter().map(bwrap::MemFile::raw_fd).collect();
+                let setup = child::Setup::new(Some(uid), rlimits, inherit);
+                let finished =
+                    child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
+                        .await?;
+                Ok(outcome::result(
+                    finished,
+                    bwrap::decode_status,
+                    &plan.limits,
+                    &rlimits,
+                ))
+            }
+            Launcher::Process => {
+                // Dropping to the slot uid needs root. A developer running the agent as
+                // themselves keeps their uid, and then RLIMIT_NPROC would count all their own
+                // processes, so it is left out.
+                // SAFETY: geteuid cannot fail.
+                let credentials = (unsafe { libc::geteuid() } == 0).then_some(uid);
+                let rlimits = if credentials.is_some() {
+                    rlimits
+                } else {
+                    rlimits.without_nproc()
+                };
+                let dir = process::WorkDir::create(plan.files, credentials)?;
+                let command = dir.command(&plan.argv);
+                let setup = child::Setup::new(credentials, rlimits, Vec::new());
+                let finished = child::run(
+                    command,
+                    setup,
+                    child::Kind::Process,
+                    plan.stdin,
+                    &plan.limits,
+                )
+                .await?;
+                drop(dir);
+                Ok(outcome::result(
+                    finished,
+                    process::decode_status,
+                    &plan.limits,
+                    &rlimits,
+                ))
+            }
+        }
+    }
+
+    /// Proves the bwrap sandbox isolates before any job runs in it.
+    async fn probe_isolation(&self) -> Result<(), SandboxError> {
+        let plan = Plan {
+            argv: probe::isolation_command(),
+            files: &[],
+            stdin: b"",
+            limits: probe::PROBE_LIMITS,
+        };
+        let result = self.execute(&plan).await.map_err(|e| {
+            SandboxError::ProbeFailed(format!(
+                "could not run the probe program: {}",
+                error_chain(&e)
+            ))
+        })?;
+        if result.outcome != Outcome::Ok {
+            return Err(SandboxError::ProbeFailed(format!(
+                "the probe program ended {:?} (exit {:?}, signal {:?}); stderr: {}",
+                result.outcome,
+                result.exit_code,
+                result.signal,
+                result.stderr.trim()
+            )));
+        }
+        let report = probe::parse_isolation(&result.stdout);
+        report
+            .check(child::NPROC_LIMIT)
+            .map_err(SandboxError::ProbeFailed)?;
+        tracing::info!(?report, "sandbox isolation probe passed");
+        Ok(())
+    }
+
+    /// Runs a runtime's version command in the sandbox; the parsed version, or why not.
+    async fn probe_version(&self, spec: &RuntimeSpec) -> Result<String, String> {
+        let mut argv = vec![spec.program.to_string()];
+        argv.extend(spec.version_args.iter().map(|a| a.to_string()));
+        let plan = Plan {
+            argv,
+            files: &[],
+            stdin: b"",
+            limits: probe::PROBE_LIMITS,
+        };
+        let result = self.execute(&plan).await.map_err(|e| error_chain(&e))?;
+        if result.outcome != Outcome::Ok {
+            return Err(format!(
+                "version command ended {:?} (exit {:?}): {}",
+                result.outcome,
+                result.exit_code,
+                result.stderr.trim()
+            ));
+        }
+        // Some interpreters print their version on stderr.
+        let text = if result.stdout.trim().is_empty() {
+            &result.stderr
+        } else {
+            &result.stdout
+        };
+        probe::parse_version(text).ok_or_else(|| format!("no version in {:?}", text.trim()))
+    }
+}
+
+/// `program args… ENTRY user_args…` for a job whose files were validated.
+fn command_for(spec: &RuntimeSpec, job: &Job) -> Vec<String> {
+    let mut argv = Vec::with_capacity(2 + spec.args.len() + job.args.len());
+    argv.push(spec.program.to_string());
+    argv.extend(spec.args.iter().map(|a| a.to_string()));
+    // validate_job guarantees a first file. An entry named like an option ("-c") would be
+    // parsed as one by the interpreter; "./-c" is the same file.
+    let entry = &job.files[0].name;
+    argv.push(if entry.starts_with('-') {
+        format!("./{entry}")
+    } else {
+        entry.clone()
+    });
+    argv.extend(job.args.iter().cloned());
+    argv
+}
+
+fn validate_config(cfg: &SandboxConfig) -> Result<(), SandboxError> {
+    if cfg.slots == 0 {
+        return Err(SandboxError::Config("slots must be at least 1".into()));
+    }
+    if cfg.uid_base == 0 {
+        return Err(SandboxError::Config(
+            "uid_base must not be 0: sandboxes must never run as root".into(),
+        ));
+    }
+    let last = u32::try_from(cfg.slots - 1)
+        .ok()
+        .and_then(|n| cfg.uid_base.checked_add(n))
+        .filter(|&last| last < u32::MAX);
+    if last.is_none() {
+        return Err(SandboxError::Config(format!(
+            "uid_base {} + slots {} overflows the uid range",
+            cfg.uid_base, cfg.slots
+        )));
+    }
+    if cfg.work_dir_mb == 0 {
+        return Err(SandboxError::Config(
+            "work_dir_mb must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Re-checks what the API already validated: the sandbox must not trust its caller with paths.
+fn validate_job(job: &Job, work_dir_mb: u64) -> Result<(), SandboxError> {
+    if job.files.is_empty() {
+        return Err(SandboxError::InvalidJob(
+            "no files: the first file is the entry point".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total: u64 = 0;
+    for file in &job.files {
+        check_file_name(&file.name).map_err(|reason| {
+            SandboxError::InvalidJob(format!("file name {:?} {reason}", file.name))
+        })?;
+        if !seen.insert(file.name.as_str()) {
+            return Err(SandboxError::InvalidJob(format!(
+                "file {:?} appears twice",
+                file.name
+            )));
+        }
+        total = total.saturating_add(file.content.len() as u64);
+    }
+    if total > work_dir_mb.saturating_mul(1024 * 1024) {
+        return Err(SandboxError::InvalidJob(format!(
+            "the files hold {total} bytes, more than the {work_dir_mb} MB work directory"
+        )));
+    }
+    if job.args.iter().any(|a| a.contains('\0')) {
+        return Err(SandboxError::InvalidJob(
+            "an argument contains a NUL byte".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A file name must name one new entry inside the work directory, nothing else. The same rule
+/// as the API's `valid_file_name`, so a name the API accepted is never refused here.
+fn check_file_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1 to 255 bytes");
+    }
+    if name.contains('/') || name.contains('\0') {
+        return Err("must not contain '/' or NUL");
+    }
+    // "a..b" is an ordinary name; only "." and ".." name something other than a new entry.
+    if name == "." || name == ".." {
+        return Err("must not be \".\" or \"..\"");
+    }
+    Ok(())
+}
+
+/// The error and its sources on one line, for probe messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Concurrency slots. The semaphore bounds how many run; the free list says which uid each
+/// gets. A std Mutex, not a Tokio one: it is held for a push or a pop, never across an await.
+struct Slots {
+    semaphore: Semaphore,
+    free: Mutex<Vec<usize>>,
+}
+
+struct Slot<'a> {
+    index: usize,
+    slots: &'a Slots,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Self {
+            semaphore: Semaphore::new(n),
+            // Reversed so that pop() hands out slot 0 first.
+            free: Mutex::new((0..n).rev().collect()),
+        }
+    }
+
+    async fn acquire(&self) -> Slot<'_> {
+        // The semaphore is never closed, so acquire cannot fail.
+        let permit = match self.semaphore.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("the slot semaphore is never closed"),
+        };
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            // A permit guarantees a free index: there are as many permits as indices.
+            .unwrap_or_else(|| unreachable!("a slot permit without a free slot"));
+        Slot {
+            index,
+            slots: self,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        // Return the index before the permit (a field, dropped after this body) frees the slot.
+        self.slots
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(self.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_that_could_escape_the_work_dir_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/etc",
+            "../x",
+            "a\0b",
+            &"x".repeat(256),
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in [
+            "main.py",
+            "-c",
+            ".hidden",
+            "a..b",
+            "x".repeat(255).as_str(),
+            "ünï.js",
+        ] {
+            assert!(check_file_name(good).is_ok(), "{good:?} was refused");
+        }
+    }
+
+    #[test]
+    fn backends_parse_from_their_names() {
+        assert_eq!("bwrap".parse::<Backend>().ok(), Some(Backend::Bwrap));
+        assert_eq!("process".parse::<Backend>().ok(), Some(Backend::Process));
+        let err = "docker".parse::<Backend>().unwrap_err();
+        assert_eq!(err.kind(), "invalid_config");
+    }
+
+    #[test]
+    fn configs_that_could_run_as_root_or_overflow_are_refused() {
+        let ok = SandboxConfig::default();
+        assert!(validate_config(&ok).is_ok());
+        for bad in [
+            SandboxConfig {
+                uid_base: 0,
+                ..ok.clone()
+            },
+            SandboxConfig {
+                slots: 0,
+                ..ok.clone()
+            },
+            SandboxConfig {
+                uid_base: u32::MAX - 1,
+                slots: 2,
+                ..ok.clone()
+            },
+            SandboxConfig {
+                work_dir_mb: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(validate_config(&bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_command_is_program_args_entry_then_user_args() {
+        let spec = runtimes::lookup("python").unwrap();
+        let mut job = Job {
+            execution_id: "e".into(),
+            game_id: "g".into(),
+            language: "python".into(),
+            files: vec![FileSpec {
+                name: "main.py".into(),
+                content: String::new(),
+            }],
+            stdin: String::new(),
+            args: vec!["a b".into(), "--x".into()],
+            limits: probe::PROBE_LIMITS,
+        };
+        assert_eq!(
+            command_for(spec, &job),
+            ["/usr/bin/python3", "-I", "-B", "main.py", "a b", "--x"]
+        );
+        job.files[0].name = "-c".into();
+        assert_eq!(command_for(spec, &job)[3], "./-c");
+    }
+}

@@ -1,0 +1,353 @@
+//! The bubblewrap command line, and how to kill a bwrap sandbox so that nothing is left behind.
+//!
+//! # Process tree
+//! ```text
+//! agent ── reaper shim (uid = slot, our child, process-group leader, child subreaper)
+//!            └── bwrap (same process group)
+//!                  └── bwrap init (pid 1 of the new pid namespace, same process group)
+//!                        └── the program (its own session: --new-session)
+//! ```
+//! bwrap exits with the program's status once the program exits; the init's exit tears the pid
+//! namespace down, killing every process left in it (daemons included). The shim (see
+//! `child::shim`) reaps bwrap and its init and reports their resource usage.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use warmpool::model::FileSpec;
+
+use super::outcome::Termination;
+use super::{child, SandboxError};
+
+/// Directories the sandbox sees, all read-only. `/usr` holds every runtime of the catalog;
+/// `/etc/ld.so.cache` saves the dynamic loader a directory search; `/etc/alternatives` is
+/// where Debian points some `/usr/bin` names (absent entries are skipped by `--ro-bind-try`).
+const READ_ONLY: &[&str] = &["/usr"];
+const READ_ONLY_IF_PRESENT: &[&str] = &["/etc/ld.so.cache", "/etc/alternatives"];
+/// Top-level names that are links into `/usr` on a merged-usr host, directories otherwise.
+const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+/// The only environment inside the sandbox.
+const ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/bin:/bin"),
+    ("HOME", "/work"),
+    ("LANG", "C.UTF-8"),
+    ("TMPDIR", "/tmp"),
+];
+const WORK_DIR: &str = "/work";
+
+/// bwrap and what it needs to know about this host, found once at start-up.
+#[derive(Debug)]
+pub(super) struct Bwrap {
+    program: PathBuf,
+    /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
+    root: Vec<RootEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RootEntry {
+    /// A symlink on the host (`/lib64 -> usr/lib64`): the same symlink inside.
+    Symlink {
+        path: &'static str,
+        target: OsString,
+    },
+    /// A real directory on the host (split-usr): bound read-only.
+    Bind(&'static str),
+}
+
+/// One job file in a memfd: its content never touches the host's disk.
+pub(super) struct MemFile {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl MemFile {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Writes each file into its own close-on-exec memfd, for `--file FD /work/NAME`.
+pub(super) fn memfds(files: &[FileSpec]) -> Result<Vec<MemFile>, SandboxError> {
+    files
+        .iter()
+        .map(|spec| {
+            // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
+            let fd =
+                unsafe { libc::memfd_create(c"warmpool-job-file".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(SandboxError::Prepare {
+                    context: "creating a memfd for a job file",
+                    source: io::Error::last_os_error(),
+                });
+            }
+            let file = unsafe { File::from_raw_fd(fd) };
+            // Positional write: the offset stays at 0, where bwrap starts reading.
+            file.write_all_at(spec.content.as_bytes(), 0)
+                .map_err(|source| SandboxError::Prepare {
+                    context: "writing a job file to its memfd",
+                    source,
+                })?;
+            Ok(MemFile {
+                fd: OwnedFd::from(file),
+                name: spec.name.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Bwrap {
+    /// Finds bwrap on PATH and reads the host's root layout.
+    pub fn locate() -> Result<Self, SandboxError> {
+        let program = find_program("bwrap").ok_or(SandboxError::BwrapMissing)?;
+        let root = ROOT_LINKS
+            .iter()
+            .filter_map(|&path| {
+                let meta = std::fs::symlink_metadata(path).ok()?;
+                if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(path).ok()?;
+                    Some(RootEntry::Symlink {
+                        path,
+                        target: target.into_os_string(),
+                    })
+                } else if meta.is_dir() {
+                    Some(RootEntry::Bind(path))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let bwrap = Self { program, root };
+        tracing::debug!(?bwrap, "found bubblewrap");
+        Ok(bwrap)
+    }
+
+    /// The command that runs `argv` in a fresh sandbox holding `files` in `/work`.
+    pub fn command(&self, argv: &[String], files: &[MemFile], work_dir_mb: u64) -> Command {
+        let mut command = Command::new(&self.program);
+        // bwrap itself gets no environment either: the agent's may hold secrets.
+        command
+            .env_clear()
+            .current_dir("/")
+            .args(self.args(argv, files, work_dir_mb));
+        command
+    }
+
+    fn args(&self, argv: &[String], files: &[MemFile], work_dir_mb: u64) -> Vec<OsString> {
+        let size = work_dir_mb.saturating_mul(1024 * 1024).to_string();
+        let mut args: Vec<OsString> = Vec::with_capacity(64 + 4 * files.len() + argv.len());
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        // Every namespace; --unshare-user explicitly because --disable-userns requires it.
+        push(&["--unshare-all", "--unshare-user", "--disable-userns"]);
+        push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
+        push(&["--hostname", "sandbox"]);
+        for dir in READ_ONLY {
+            push(&["--ro-bind", dir, dir]);
+        }
+        for path in READ_ONLY_IF_PRESENT {
+            push(&["--ro-bind-try", path, path]);
+        }
+        push(&["--proc", "/proc", "--dev", "/dev"]);
+        push(&["--size", &size, "--tmpfs", "/tmp"]);
+        push(&["--size", &size, "--tmpfs", WORK_DIR, "--chdir", WORK_DIR]);
+        push(&["--clearenv"]);
+        for (name, value) in ENV {
+            push(&["--setenv", name, value]);
+        }
+        for entry in &self.root {
+            match entry {
+                RootEntry::Symlink { path, target } => {
+                    args.push("--symlink".into());
+                    args.push(target.clone());
+                    args.push(path.into());
+                }
+                RootEntry::Bind(path) => {
+                    args.extend(["--ro-bind", path, path].map(OsString::from));
+                }
+            }
+        }
+        for file in files {
+            args.extend(["--perms", "0644", "--file"].map(OsString::from));
+            args.push(file.raw_fd().to_string().into());
+            args.push(format!("{WORK_DIR}/{}", file.name).into());
+        }
+        args.push("--".into());
+        args.extend(argv.iter().map(OsString::from));
+        args
+    }
+}
+
+/// bwrap reports a program killed by signal N as exit status 128 + N (as shells do), so that
+/// is decoded back to the signal. A program that itself exits with 129..=192 is therefore
+/// reported as signalled: the price of bwrap's convention.
+pub(super) fn decode_status(status: libc::c_int) -> Termination {
+    match super::process::decode_status(status) {
+        Termination::Exited(code) if (129..=128 + 64).contains(&code) => {
+            Termination::Signaled(code - 128)
+        }
+        other => other,
+    }
+}
+
+/// Kills the sandbox under the reaper shim `shim`: SIGKILL to bwrap's init (pid 1 of the
+/// namespace: the kernel then kills everything inside) and to the outer bwrap. Not the process
+/// group, which holds the shim: the shim must live to reap them all and report their usage.
+/// `false` if neither was found (not started yet, or already gone): then kill the group.
+pub(super) fn kill_sandbox(shim: libc::pid_t) -> bool {
+    let Some(outer) = first_child(shim) else {
+        return false;
+    };
+    let killed_init = first_child(outer).is_some_and(|init| kill_child(outer, init));
+    kill_child(shim, outer) || killed_init
+}
+
+fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// SIGKILL to `pid` if it is (still) a child of `parent`, through a pidfd so that a pid that
+/// was recycled since it was read is never signalled.
+fn kill_child(parent: libc::pid_t, pid: libc::pid_t) -> bool {
+    let Ok(pidfd) = child::pidfd_open(pid) else {
+        return false;
+    };
+    // The pid was read before the pidfd was opened: if it is still parent's child now, the
+    // pidfd is that process.
+    if parent_of(pid) != Some(parent) {
+        return false;
+    }
+    // SAFETY: plain syscall on a pidfd we own.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    sent == 0
+}
+
+/// The parent pid from `/proc/PID/stat` (the field after the parenthesised command name).
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The first executable file named `name` on PATH (or the usual directories).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bwrap() -> Bwrap {
+        Bwrap {
+            program: "/usr/bin/bwrap".into(),
+            root: vec![
+                RootEntry::Symlink {
+                    path: "/bin",
+                    target: "usr/bin".into(),
+                },
+                RootEntry::Bind("/lib64"),
+            ],
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn the_sandbox_has_every_namespace_and_no_way_to_share_one() {
+        let args = joined(&bwrap().args(&["/bin/true".into()], &[], 64));
+        for wanted in [
+            "--unshare-all",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop ALL",
+            "--clearenv",
+            "--size 67108864 --tmpfs /work --chdir /work",
+            "--size 67108864 --tmpfs /tmp",
+            "--symlink usr/bin /bin",
+            "--ro-bind /lib64 /lib64",
+            "--setenv HOME /work",
+        ] {
+            assert!(args.contains(wanted), "missing {wanted:?} in {args}");
+        }
+        for forbidden in ["--share-net", "--bind ", "--dev-bind", "--cap-add"] {
+            assert!(!args.contains(forbidden), "{forbidden:?} in {args}");
+        }
+    }
+
+    #[test]
+    fn the_command_comes_last_after_a_double_dash_so_it_is_never_an_option() {
+        let argv = ["/usr/bin/python3".to_string(), "--version".to_string()];
+        let args = bwrap().args(&argv, &[], 1);
+        let n = args.len();
+        assert_eq!(args[n - 3], "--");
+        assert_eq!(args[n - 2], "/usr/bin/python3");
+        assert_eq!(args[n - 1], "--version");
+    }
+
+    #[test]
+    fn job_files_are_passed_by_fd_into_work() {
+        let files = memfds(&[FileSpec {
+            name: "main.py".into(),
+            content: "print(1)".into(),
+        }])
+        .unwrap();
+        let fd = files[0].raw_fd();
+        let args = joined(&bwrap().args(&["/bin/true".into()], &files, 1));
+        assert!(
+            args.contains(&format!("--perms 0644 --file {fd} /work/main.py")),
+            "{args}"
+        );
+        // Close-on-exec in the parent: only the child that needs it clears the flag.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let mut content = String::new();
+        use std::io::Read;
+        File::from(files.into_iter().next().unwrap().fd)
+            .read_to_string(&mut content)
+            .unwrap();
+        assert_eq!(
+            content, "print(1)",
+            "bwrap reads from the current offset, which must be 0"
+        );
+    }
+
+    #[test]
+    fn exit_statuses_past_128_are_bwraps_way_of_saying_signal() {
+        // Raw wait statuses: exited with code c is c << 8.
+        assert_eq!(decode_status(3 << 8), Termination::Exited(3));
+        assert_eq!(decode_status(137 << 8), Termination::Signaled(9));
+        assert_eq!(decode_status(128 << 8), Termination::Exited(128));
+        assert_eq!(decode_status(255 << 8), Termination::Exited(255));
+        assert_eq!(decode_status(libc::SIGKILL), Termination::Signaled(9));
+    }
+}

@@ -1,0 +1,103 @@
+//! The unsandboxed development backend: the program runs as a bare process in a fresh
+//! temporary directory. It gets the same rlimits, deadline and output caps as under bwrap, and
+//! no isolation whatsoever: it sees the host's files, processes and network.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use warmpool::model::FileSpec;
+
+use super::outcome::Termination;
+use super::SandboxError;
+
+/// A fresh directory holding one execution's files, removed on drop.
+pub(super) struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    /// Creates the directory (0700, owned by `owner` if given) and the job's files in it.
+    /// `O_EXCL | O_NOFOLLOW`: a file never lands anywhere but as a new entry of this directory.
+    pub fn create(files: &[FileSpec], owner: Option<u32>) -> Result<Self, SandboxError> {
+        let prepare = |context| move |source| SandboxError::Prepare { context, source };
+        let dir = Self::make_unique_dir().map_err(prepare("creating the work directory"))?;
+        if let Some(id) = owner {
+            std::os::unix::fs::chown(&dir.path, Some(id), Some(id))
+                .map_err(prepare("handing the work directory to the slot uid"))?;
+        }
+        for spec in files {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dir.path.join(&spec.name))
+                .map_err(prepare("creating a job file"))?;
+            file.write_all(spec.content.as_bytes())
+                .map_err(prepare("writing a job file"))?;
+            if let Some(id) = owner {
+                std::os::unix::fs::fchown(&file, Some(id), Some(id))
+                    .map_err(prepare("handing a job file to the slot uid"))?;
+            }
+        }
+        Ok(dir)
+    }
+
+    fn make_unique_dir() -> io::Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut last_error = io::Error::other("no attempt made");
+        for _ in 0..16 {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("warmpool-{}-{n}-{nanos:x}", std::process::id()));
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// `argv` run in this directory with the same allow-listed environment as under bwrap.
+    pub fn command(&self, argv: &[String]) -> Command {
+        let (program, args) = argv
+            .split_first()
+            .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(&self.path)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &self.path)
+            .env("LANG", "C.UTF-8")
+            .env("TMPDIR", &self.path);
+        command
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a work directory");
+        }
+    }
+}
+
+/// A raw wait status as the process reported it.
+pub(super) fn decode_status(status: libc::c_int) -> Termination {
+    if libc::WIFSIGNALED(status) {
+        Termination::Signaled(libc::WTERMSIG(status))
+    } else {
+        Termination::Exited(libc::WEXITSTATUS(status))
+    }
+}
