@@ -1,0 +1,477 @@
+//! The sandbox on the real bubblewrap of this machine: no mocks.
+//!
+//! Each test builds its own [`Sandbox`] on its own uid range (see `uids`), so that the process
+//! counts and the "nothing left behind" checks of one test never see another's processes.
+//!
+//! Hostile programs (daemons, fork bombs, network access) run only after [`assert_isolated`]
+//! proved, through the public API, that the sandbox runs them as a non-root uid with only `lo`
+//! and a process limit: on a host where that fails they refuse to run rather than loose a fork
+//! bomb on it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
+use warmpool_agent::sandbox::{Backend, Sandbox, SandboxConfig};
+
+/// One uid range per test (slots never exceed 4).
+mod uids {
+    pub const PYTHON: u32 = 61_000;
+    pub const BASH_JS: u32 = 61_010;
+    pub const EXIT: u32 = 61_020;
+    pub const WALL: u32 = 61_030;
+    pub const DAEMON: u32 = 61_040;
+    pub const FLOOD: u32 = 61_050;
+    pub const NETWORK: u32 = 61_060;
+    pub const UID: u32 = 61_070;
+    pub const LEAK: u32 = 61_080;
+    pub const FORK_BOMB: u32 = 61_090;
+    pub const CONCURRENCY: u32 = 61_100;
+    pub const CPU: u32 = 61_110;
+    pub const ERRORS: u32 = 61_120;
+    pub const MEMORY: u32 = 61_130;
+    pub const PROCESS: u32 = 61_140;
+}
+
+fn limits() -> Limits {
+    Limits {
+        wall_time_ms: 5_000,
+        cpu_time_ms: 5_000,
+        memory_mb: 512,
+        max_output_bytes: 64 * 1024,
+    }
+}
+
+fn job(language: &str, files: &[(&str, &str)]) -> Job {
+    Job {
+        execution_id: "test-execution".into(),
+        game_id: "test-game".into(),
+        language: language.into(),
+        files: files
+            .iter()
+            .map(|(name, content)| FileSpec {
+                name: name.to_string(),
+                content: content.to_string(),
+            })
+            .collect(),
+        stdin: String::new(),
+        args: Vec::new(),
+        limits: limits(),
+    }
+}
+
+fn bash(script: &str) -> Job {
+    job("bash", &[("main.sh", script)])
+}
+
+fn python(source: &str) -> Job {
+    job("python", &[("main.py", source)])
+}
+
+async fn sandbox_on(backend: Backend, uid_base: u32, slots: usize) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        backend,
+        uid_base,
+        slots,
+        work_dir_mb: 16,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the {backend} sandbox does not start on this machine: {e:?}"))
+}
+
+async fn sandbox(uid_base: u32, slots: usize) -> Sandbox {
+    sandbox_on(Backend::Bwrap, uid_base, slots).await
+}
+
+async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
+    sandbox
+        .run(job)
+        .await
+        .unwrap_or_else(|e| panic!("the job did not run: {e:?}"))
+}
+
+/// Proves, through the public API, what the hostile tests rely on: the program runs as the
+/// slot's non-root uid, sees no network interface but `lo`, and has a process limit. Panics
+/// (so the hostile test refuses to run) otherwise.
+async fn assert_isolated(sandbox: &Sandbox, uid_base: u32) {
+    let result = run(
+        sandbox,
+        &bash("id -u; ulimit -u; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
+    )
+    .await;
+    let refuse = |why: &str| -> ! {
+        panic!(
+            "REFUSING to run a hostile test: the sandbox is not isolated ({why}); \
+             result: {result:?}"
+        )
+    };
+    if result.outcome != Outcome::Ok {
+        refuse("the isolation probe did not run cleanly");
+    }
+    let mut lines = result.stdout.lines();
+    match lines.next().and_then(|l| l.parse::<u32>().ok()) {
+        Some(0) | None => refuse("it runs as root, or its uid is unknown"),
+        Some(uid) if uid < uid_base || uid >= uid_base + 4 => refuse("it runs as another uid"),
+        Some(_) => {}
+    }
+    match lines.next().and_then(|l| l.parse::<u64>().ok()) {
+        Some(n) if n <= 1024 => {}
+        _ => refuse("no process limit is in force"),
+    }
+    let interfaces: Vec<&str> = lines.collect();
+    if interfaces != ["lo"] {
+        refuse("it sees a network interface other than lo");
+    }
+}
+
+/// Pids of every process whose real uid is `uid`, zombies included.
+fn processes_of(uid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+                    line.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(uid)
+        })
+        .collect()
+}
+
+/// Waits (with a deadline) until no process of `uid` exists; the leftovers if some remain.
+async fn leftovers_of(uid: u32) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = processes_of(uid);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn python_hello_world_reads_stdin_and_args() {
+    let sandbox = sandbox(uids::PYTHON, 1).await;
+    let python = sandbox
+        .languages()
+        .into_iter()
+        .find(|l| l.name == "python")
+        .expect("python is offered");
+    assert!(python.version.starts_with('3'), "{python:?}");
+    assert!(python.aliases.contains(&"py".to_string()));
+
+    // The catalog runs python with -I, which (3.11+) keeps the script's directory off
+    // sys.path: a second file is read as data, not imported.
+    let mut job = job(
+        "python",
+        &[
+            (
+                "main.py",
+                "import sys\nname = sys.stdin.read().strip()\n\
+                 print(f'hello {name}', sys.argv[1:], open('answer.txt').read())\n",
+            ),
+            ("answer.txt", "42"),
+        ],
+    );
+    job.stdin = "world\n".into();
+    job.args = vec!["a b".into(), "c".into()];
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.stdout, "hello world ['a b', 'c'] 42\n", "{result:?}");
+    assert_eq!(result.stderr, "");
+    assert_eq!(result.outcome, Outcome::Ok);
+    assert_eq!((result.exit_code, result.signal), (Some(0), None));
+    assert!(!result.stdout_truncated && !result.stderr_truncated);
+    assert!(result.memory_kb > 0, "{result:?}");
+}
+
+#[tokio::test]
+async fn bash_and_javascript_run() {
+    let sandbox = sandbox(uids::BASH_JS, 1).await;
+    let mut job = bash("echo \"hi $1 from $0 in $PWD, home $HOME\"\n");
+    job.args = vec!["there".into()];
+    let result = run(&sandbox, &job).await;
+    assert_eq!(
+        result.stdout, "hi there from main.sh in /work, home /work\n",
+        "{result:?}"
+    );
+    assert_eq!(result.outcome, Outcome::Ok);
+
+    if !Path::new("/usr/bin/node").exists() {
+        eprintln!("NOTE: /usr/bin/node is missing: skipping the javascript case");
+        return;
+    }
+    let mut job = job_js("console.log('js', process.argv.slice(2).join(','))");
+    job.args = vec!["x".into(), "y".into()];
+    // V8 reserves ~800 MB of address space at start and RLIMIT_AS counts it: below that node
+    // cannot start (see the sandbox module docs).
+    job.limits.memory_mb = 2_048;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.stdout, "js x,y\n", "{result:?}");
+    assert_eq!(result.outcome, Outcome::Ok);
+}
+
+fn job_js(source: &str) -> Job {
+    job("javascript", &[("main.js", source)])
+}
+
+#[tokio::test]
+async fn a_non_zero_exit_or_a_signal_is_a_runtime_error() {
+    let sandbox = sandbox(uids::EXIT, 1).await;
+    let result = run(&sandbox, &python("import sys\nprint('bye')\nsys.exit(3)\n")).await;
+    assert_eq!(result.outcome, Outcome::RuntimeError);
+    assert_eq!((result.exit_code, result.signal), (Some(3), None));
+    assert_eq!(result.stdout, "bye\n");
+
+    let result = run(&sandbox, &bash("kill -SEGV $$")).await;
+    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
+    assert_eq!(
+        (result.exit_code, result.signal),
+        (None, Some(libc_sigsegv()))
+    );
+}
+
+fn libc_sigsegv() -> i32 {
+    11
+}
+
+#[tokio::test]
+async fn sleeping_past_the_wall_time_is_killed_at_once() {
+    let sandbox = sandbox(uids::WALL, 1).await;
+    let mut job = bash("echo started; sleep 5; echo never");
+    job.limits.wall_time_ms = 300;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    let elapsed = started.elapsed();
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert_eq!(result.stdout, "started\n");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(result.wall_time_ms >= 300, "{result:?}");
+    assert_eq!(leftovers_of(uids::WALL).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn a_daemon_does_not_survive_its_execution() {
+    let sandbox = sandbox(uids::DAEMON, 1).await;
+    assert_isolated(&sandbox, uids::DAEMON).await;
+    let result = run(
+        &sandbox,
+        &bash(
+            "setsid sleep 100 </dev/null >/dev/null 2>&1 &\n\
+             (nohup sleep 100 </dev/null >/dev/null 2>&1 &)\n\
+             echo started\n",
+        ),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert_eq!(result.stdout, "started\n");
+    assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn an_output_flood_is_cut_at_exactly_the_cap() {
+    let sandbox = sandbox(uids::FLOOD, 1).await;
+    let mut job = python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n");
+    job.limits.max_output_bytes = 10_000;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(result.outcome, Outcome::OutputLimit);
+    assert_eq!(result.stdout.len(), 10_000);
+    assert!(result.stdout.bytes().all(|b| b == b'x'));
+    assert!(result.stdout_truncated && !result.stderr_truncated);
+    assert_eq!(leftovers_of(uids::FLOOD).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn the_sandbox_has_no_network() {
+    let sandbox = sandbox(uids::NETWORK, 1).await;
+    assert_isolated(&sandbox, uids::NETWORK).await;
+    // A server on the host's loopback: the sandbox's 127.0.0.1 is another one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let source = format!(
+        "import socket\n\
+         for addr in [('127.0.0.1', {port}), ('1.1.1.1', 53)]:\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(addr, timeout=1)\n\
+         \x20       print('connected')\n\
+         \x20   except OSError as e:\n\
+         \x20       print('blocked', type(e).__name__)\n\
+         print([l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]])\n"
+    );
+    let result = run(&sandbox, &python(&source)).await;
+    assert_eq!(
+        result.stdout, "blocked ConnectionRefusedError\nblocked OSError\n['lo']\n",
+        "{result:?}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the host's listener got a connection"
+    );
+}
+
+#[tokio::test]
+async fn programs_run_as_the_slot_uid_not_root() {
+    let sandbox = sandbox(uids::UID, 1).await;
+    let result = run(
+        &sandbox,
+        &bash("id -u; id -g; id -G; cat /proc/self/status | grep CapEff"),
+    )
+    .await;
+    let base = uids::UID;
+    assert_eq!(
+        result.stdout,
+        format!("{base}\n{base}\n{base}\nCapEff:\t0000000000000000\n"),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn files_of_one_execution_are_not_visible_to_the_next() {
+    // One slot: both executions run as the same uid, the worst case.
+    let sandbox = sandbox(uids::LEAK, 1).await;
+    let result = run(
+        &sandbox,
+        &bash("echo secret > /work/secret; echo secret > /tmp/secret; ls /work /tmp"),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    let result = run(
+        &sandbox,
+        &python("import os\nprint(sorted(os.listdir('/work')), os.listdir('/tmp'))\n"),
+    )
+    .await;
+    assert_eq!(result.stdout, "['main.py'] []\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_by_the_process_limit() {
+    let sandbox = sandbox(uids::FORK_BOMB, 1).await;
+    assert_isolated(&sandbox, uids::FORK_BOMB).await;
+    // The bomb, then a second of waiting (builtins only: forking fails at the limit), then a
+    // count of the processes it managed to make, with builtins too.
+    let mut job = bash(
+        ":(){ :|:& };:\n\
+         end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
+         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo \"processes $n\"\n",
+    );
+    job.limits.wall_time_ms = 4_000;
+    job.limits.max_output_bytes = 4_096;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    assert!(started.elapsed() < Duration::from_secs(8), "{result:?}");
+    assert!(
+        result.stderr.contains("Resource temporarily unavailable"),
+        "the process limit was never hit: {result:?}"
+    );
+    if let Some(count) = result.stdout.strip_prefix("processes ") {
+        let count: u32 = count.trim().parse().unwrap();
+        assert!(count <= 64, "{count} processes: more than RLIMIT_NPROC");
+    }
+    assert_eq!(leftovers_of(uids::FORK_BOMB).await, Vec::<u32>::new());
+    // The machine is fine: the same slot runs the next job.
+    let result = run(&sandbox, &bash("echo fine")).await;
+    assert_eq!(result.stdout, "fine\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn four_runs_share_two_slots() {
+    let sandbox = sandbox(uids::CONCURRENCY, 2).await;
+    let job = bash("sleep 0.3; id -u");
+    let started = Instant::now();
+    let (a, b, c, d) = tokio::join!(
+        run(&sandbox, &job),
+        run(&sandbox, &job),
+        run(&sandbox, &job),
+        run(&sandbox, &job)
+    );
+    let elapsed = started.elapsed();
+    let mut uids_seen = Vec::new();
+    for result in [a, b, c, d] {
+        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+        uids_seen.push(result.stdout.trim().parse::<u32>().unwrap());
+    }
+    uids_seen.sort();
+    uids_seen.dedup();
+    let base = uids::CONCURRENCY;
+    assert!(
+        uids_seen.iter().all(|&u| u == base || u == base + 1),
+        "{uids_seen:?}"
+    );
+    // Two waves of 300 ms: the slots held.
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn burning_cpu_past_the_cpu_limit_is_a_time_limit() {
+    let sandbox = sandbox(uids::CPU, 1).await;
+    let mut job = python("while True:\n    pass\n");
+    job.limits.cpu_time_ms = 500;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    // RLIMIT_CPU is whole seconds: SIGXCPU at 1 s.
+    assert_eq!(result.signal, Some(24), "{result:?}");
+    assert!(result.cpu_time_ms >= 500, "{result:?}");
+    assert!(result.wall_time_ms < 3_000, "{result:?}");
+}
+
+#[tokio::test]
+async fn jobs_the_system_cannot_run_are_errors_with_a_kind() {
+    let sandbox = sandbox(uids::ERRORS, 1).await;
+    let err = sandbox
+        .run(&job("cobol", &[("main.cob", "")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "language_unavailable");
+    for name in ["../escape.py", "a/b.py", ".."] {
+        let err = sandbox
+            .run(&job("python", &[(name, "")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid_job", "{name}");
+    }
+    let err = sandbox.run(&job("python", &[])).await.unwrap_err();
+    assert_eq!(err.kind(), "invalid_job");
+}
+
+#[tokio::test]
+async fn allocating_past_the_memory_limit_fails_inside_the_program() {
+    let sandbox = sandbox(uids::MEMORY, 1).await;
+    let mut job = python("x = bytearray(512 * 1024 * 1024)\nprint('allocated')\n");
+    job.limits.memory_mb = 128;
+    let result = run(&sandbox, &job).await;
+    // RLIMIT_AS makes the allocation fail: a runtime error, not (yet) memory_limit.
+    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
+    assert!(result.stderr.contains("MemoryError"), "{result:?}");
+}
+
+#[tokio::test]
+async fn the_process_backend_runs_the_same_jobs_with_the_same_limits() {
+    let sandbox = sandbox_on(Backend::Process, uids::PROCESS, 1).await;
+    let mut job = python("import sys\nprint('hi', sys.stdin.read(), sys.argv[1:])\n");
+    job.stdin = "there".into();
+    job.args = vec!["x".into()];
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.stdout, "hi there ['x']\n", "{result:?}");
+    assert_eq!(result.outcome, Outcome::Ok);
+
+    let mut job = bash("sleep 5");
+    job.limits.wall_time_ms = 300;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let mut job = python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n");
+    job.limits.max_output_bytes = 1_000;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::OutputLimit);
+    assert_eq!(result.stdout.len(), 1_000);
+}
