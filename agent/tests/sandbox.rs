@@ -31,6 +31,7 @@ mod uids {
     pub const ERRORS: u32 = 61_120;
     pub const MEMORY: u32 = 61_130;
     pub const PROCESS: u32 = 61_140;
+    pub const CANCEL: u32 = 61_150;
 }
 
 fn limits() -> Limits {
@@ -218,6 +219,20 @@ async fn bash_and_javascript_run() {
 
 fn job_js(source: &str) -> Job {
     job("javascript", &[("main.js", source)])
+}
+
+#[tokio::test]
+async fn a_cancelled_run_leaves_no_process_behind() {
+    let sandbox = sandbox(uids::CANCEL, 1).await;
+    let mut job = bash("setsid sleep 100 & sleep 100");
+    job.limits.wall_time_ms = 60_000;
+    // The agent gives up on the execution (shutdown, lease lost): the future is dropped.
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), sandbox.run(&job)).await;
+    assert!(abandoned.is_err(), "the run should still have been going");
+    assert_eq!(leftovers_of(uids::CANCEL).await, Vec::<u32>::new());
+    // And the slot is free again.
+    let result = run(&sandbox, &bash("echo next")).await;
+    assert_eq!(result.stdout, "next\n", "{result:?}");
 }
 
 #[tokio::test]
