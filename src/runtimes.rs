@@ -16,6 +16,10 @@ pub struct RuntimeSpec {
     pub args: &'static [&'static str],
     /// Arguments that make the interpreter print its version.
     pub version_args: &'static [&'static str],
+    /// Address space the runtime reserves before running any user code, added to the
+    /// execution's `memory_mb` when it becomes RLIMIT_AS: V8 reserves ~800 MB up front and cannot
+    /// start below it. (A memory cgroup, which limits what is used, replaces this allowance.)
+    pub address_space_extra_mb: u64,
 }
 
 /// Every language warmpool knows. An agent offers those whose `program` exists on its VM.
@@ -24,9 +28,11 @@ pub const CATALOG: &[RuntimeSpec] = &[
         name: "python",
         aliases: &["python3", "py"],
         program: "/usr/bin/python3",
-        // -I: isolated mode (no user site, no PYTHON* env); -B: no .pyc written.
-        args: &["-I", "-B"],
+        // -E: ignore PYTHON* env; -s: no user site; -B: no .pyc written. Not -I: it would also
+        // drop the script's directory from sys.path, and programs import their other files.
+        args: &["-E", "-s", "-B"],
         version_args: &["--version"],
+        address_space_extra_mb: 0,
     },
     RuntimeSpec {
         name: "bash",
@@ -34,6 +40,7 @@ pub const CATALOG: &[RuntimeSpec] = &[
         program: "/bin/bash",
         args: &[],
         version_args: &["-c", "echo $BASH_VERSION"],
+        address_space_extra_mb: 0,
     },
     RuntimeSpec {
         name: "javascript",
@@ -41,6 +48,7 @@ pub const CATALOG: &[RuntimeSpec] = &[
         program: "/usr/bin/node",
         args: &[],
         version_args: &["--version"],
+        address_space_extra_mb: 1024,
     },
 ];
 

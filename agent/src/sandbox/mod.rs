@@ -256,11 +256,13 @@ impl Sandbox {
             .filter(|spec| self.available.iter().any(|(s, _)| s.name == spec.name))
             .ok_or_else(|| SandboxError::LanguageUnavailable(job.language.clone()))?;
         validate_job(job, self.cfg.work_dir_mb)?;
+        let mut limits = job.limits;
+        limits.memory_mb = limits.memory_mb.saturating_add(spec.address_space_extra_mb);
         let plan = Plan {
             argv: command_for(spec, job),
             files: &job.files,
             stdin: job.stdin.as_bytes(),
-            limits: job.limits,
+            limits,
         };
         let result = self.execute(&plan).await;
         match &result {
@@ -642,7 +644,15 @@ mod tests {
         };
         assert_eq!(
             command_for(spec, &job),
-            ["/usr/bin/python3", "-I", "-B", "main.py", "a b", "--x"]
+            [
+                "/usr/bin/python3",
+                "-E",
+                "-s",
+                "-B",
+                "main.py",
+                "a b",
+                "--x"
+            ]
         );
         job.files[0].name = "-c".into();
         assert_eq!(command_for(spec, &job)[3], "./-c");
