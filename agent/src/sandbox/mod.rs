@@ -655,6 +655,6 @@ mod tests {
             ]
         );
         job.files[0].name = "-c".into();
-        assert_eq!(command_for(spec, &job)[3], "./-c");
+        assert_eq!(command_for(spec, &job)[4], "./-c");
     }
 }
