@@ -67,7 +67,9 @@ pub struct Config {
     #[arg(long, env = "WARMPOOL_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
     pub max_output_bytes: u64,
     /// Redis connections per replica.
-    #[arg(long, env = "WARMPOOL_REDIS_POOL_SIZE", default_value_t = 8)]
+    /// Few connections pipeline better (fred pipelines commands on a connection); more help only
+    /// when single commands are slow.
+    #[arg(long, env = "WARMPOOL_REDIS_POOL_SIZE", default_value_t = 2)]
     pub redis_pool_size: usize,
     /// Redis command timeout; past it the API answers 503.
     #[arg(long, env = "WARMPOOL_REDIS_TIMEOUT_MS", default_value_t = 2_000)]

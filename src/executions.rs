@@ -37,6 +37,8 @@ pub struct Submitted {
     pub execution_id: String,
     /// The idempotency key was seen before: nothing new was accepted.
     pub duplicate: bool,
+    /// When it was accepted (Redis clock, ms); `None` for a duplicate.
+    pub created_ms: Option<u64>,
 }
 
 /// Accepts an execution for `game_id` (starting the game if unknown).
@@ -96,12 +98,14 @@ pub async fn submit(
                 return Ok(Submitted {
                     execution_id: execution_id.to_string(),
                     duplicate: false,
+                    created_ms: Some(reply.int(3)? as u64),
                 })
             }
             "dup" => {
                 return Ok(Submitted {
                     execution_id: reply.str(1)?,
                     duplicate: true,
+                    created_ms: None,
                 })
             }
             _ => expected = reply.str(1)?,

@@ -217,17 +217,16 @@ async fn an_idempotency_key_returns_the_first_execution() {
     let first = submit(&s, "g", "e1", Some("k")).await;
     let again = submit(&s, "g", "e2", Some("k")).await;
     assert_eq!(
-        first,
-        Submitted {
-            execution_id: "e1".into(),
-            duplicate: false
-        }
+        (first.execution_id.as_str(), first.duplicate),
+        ("e1", false)
     );
+    assert!(first.created_ms.is_some());
     assert_eq!(
         again,
         Submitted {
             execution_id: "e1".into(),
-            duplicate: true
+            duplicate: true,
+            created_ms: None
         }
     );
     assert!(

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::games::{check_game_id, parse_json};
 use super::{ApiError, AppState};
-use crate::model::{Execution, ExecutionRequest, Job};
+use crate::model::{Execution, ExecutionRequest, ExecutionState, Job};
 use crate::{executions, runtimes};
 
 /// Longest `wait_s` a request may hold a connection for.
@@ -163,14 +163,41 @@ pub(super) async fn submit(
     )
     .await?;
     tracing::debug!(game_id, execution_id = %submitted.execution_id, duplicate = submitted.duplicate, "execution accepted");
-    let record = state
+    let record = match state
         .waiters
         .wait_final(&state.store, &submitted.execution_id, wait)
-        .await?
-        .ok_or_else(|| {
-            // Only possible if the record's retention ran out between accept and read.
-            ApiError::not_found("execution_not_found", "the execution's record has expired")
-        })?;
+        .await
+    {
+        Ok(Some(record)) => record,
+        // Only possible if the record's retention ran out between accept and read.
+        Ok(None) => {
+            return Err(ApiError::not_found(
+                "execution_not_found",
+                "the execution's record has expired",
+            ))
+        }
+        // A duplicate accepted nothing new, so 503 stays true to the contract.
+        Err(err) if submitted.duplicate => return Err(err.into()),
+        // Accepted, but Redis went away before the record could be read back: the client
+        // must not be told "nothing was accepted". Answer what is known: it is queued.
+        Err(err) => {
+            tracing::warn!(error = %err, execution_id = %submitted.execution_id, "accepted; reading it back failed");
+            Execution {
+                execution_id: submitted.execution_id.clone(),
+                game_id: game_id.clone(),
+                state: ExecutionState::Queued,
+                vm_id: None,
+                created_at: submitted
+                    .created_ms
+                    .map(crate::model::rfc3339_ms)
+                    .unwrap_or_default(),
+                started_at: None,
+                finished_at: None,
+                result: None,
+                error: None,
+            }
+        }
+    };
     Ok(respond(record))
 }
 

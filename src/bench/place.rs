@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use super::{round2, summarize, Report, ServeProcess, Summary};
+use super::{cpu_ms, round2, summarize, Report, ServeProcess, Summary};
 use crate::pool::vms;
 use crate::redis_server::RedisServer;
 use crate::routing::{self, Placement};
@@ -99,7 +99,11 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
         vms::register(&store, &vm, 10_000, &[], "bench").await?;
     }
 
+    let redis_pid = redis.pid().unwrap_or(0);
+    let me = std::process::id();
+
     // Baseline: the placement script called directly.
+    let (redis0, me0) = (cpu_ms(redis_pid), cpu_ms(me));
     let s = store.clone();
     let (raw_rate, raw_lat) = drive(args.placements, args.concurrency, move |i| {
         let s = s.clone();
@@ -109,11 +113,16 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
         }
     })
     .await?;
+    let raw_cpu = (
+        (cpu_ms(me) - me0) * 1000.0 / args.placements as f64,
+        (cpu_ms(redis_pid) - redis0) * 1000.0 / args.placements as f64,
+    );
 
-    // The API, two replicas, clients spread over both.
+    // The API, two replicas (each with one worker thread, as a 1-vCPU replica on Cloud Run runs),
+    // clients spread over both.
     let replicas = [
-        ServeProcess::spawn(&redis.url(), POOL, &[])?,
-        ServeProcess::spawn(&redis.url(), POOL, &[])?,
+        ServeProcess::spawn(&redis.url(), POOL, &[("WARMPOOL_WORKER_THREADS", "1")])?,
+        ServeProcess::spawn(&redis.url(), POOL, &[("WARMPOOL_WORKER_THREADS", "1")])?,
     ];
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -141,44 +150,51 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
     };
     // Warm the connections, then measure saturation.
     drive(500, args.concurrency, put("warm")).await?;
+    let replica_pids: Vec<u32> = replicas.iter().map(|r| r.child.id()).collect();
+    let replicas_cpu = || replica_pids.iter().map(|p| cpu_ms(*p)).sum::<f64>();
+    let (redis0, me0, rep0) = (cpu_ms(redis_pid), cpu_ms(me), replicas_cpu());
     let (api_rate, api_lat) = drive(args.placements, args.concurrency, put("api")).await?;
+    let per = |d: f64| round2(d * 1000.0 / args.placements as f64);
+    let api_cpu = (
+        per(cpu_ms(me) - me0),
+        per(replicas_cpu() - rep0),
+        per(cpu_ms(redis_pid) - redis0),
+    );
     // Below saturation: a paced load at a quarter of the measured rate.
     let paced_rate = (api_rate / 4.0).max(10.0);
     let paced_n = (paced_rate * 5.0).min(5_000.0) as u64;
     let paced_lat = paced(paced_rate, paced_n, put("paced")).await?;
 
     let ratio = api_rate / raw_rate;
-    let table = format!(
-        "warmpool bench place ({} placements per phase, {} concurrent clients)\n\
-         {:<34} {:>10} {:>9} {:>9} {:>9}\n\
-         {:<34} {:>10.0} {:>9} {:>9} {:>9}\n\
-         {:<34} {:>10.0} {:>9} {:>9} {:>9}\n\
-         {:<34} {:>10.0} {:>9} {:>9} {:>9}\n\
-         API / raw script rate: {:.2} (target >= 0.5); p99 below saturation: {} ms (target < 5)",
-        args.placements,
-        args.concurrency,
-        "phase",
-        "per s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "raw put_game script (baseline)",
-        raw_rate,
-        raw_lat.p50_ms,
-        raw_lat.p99_ms,
-        raw_lat.max_ms,
-        "HTTP API, 2 replicas, saturated",
-        api_rate,
-        api_lat.p50_ms,
-        api_lat.p99_ms,
-        api_lat.max_ms,
-        format!("HTTP API, paced at {paced_rate:.0}/s"),
+    let row = |name: &str, rate: f64, l: &Summary| {
+        format!(
+            "{name:<34} {rate:>10.0} {:>9} {:>9} {:>9}\n",
+            l.p50_ms, l.p99_ms, l.max_ms
+        )
+    };
+    let mut table = format!(
+        "warmpool bench place ({} placements per phase, {} concurrent clients)\n{:<34} {:>10} {:>9} {:>9} {:>9}\n",
+        args.placements, args.concurrency, "phase", "per s", "p50 ms", "p99 ms", "max ms"
+    );
+    table += &row("raw put_game script (baseline)", raw_rate, &raw_lat);
+    table += &row("HTTP API, 2 replicas, saturated", api_rate, &api_lat);
+    table += &row(
+        &format!("HTTP API, paced at {paced_rate:.0}/s"),
         paced_rate,
-        paced_lat.p50_ms,
-        paced_lat.p99_ms,
-        paced_lat.max_ms,
-        ratio,
-        paced_lat.p99_ms,
+        &paced_lat,
+    );
+    table += &format!(
+        "API / raw script rate: {ratio:.2} (target >= 0.5); p99 below saturation: {} ms (target < 5)\n",
+        paced_lat.p99_ms
+    );
+    table += &format!(
+        "CPU per placement, us: raw phase: client {:.0}, redis {:.0} | API phase: load generator {:.0}, both replicas {:.0}, redis {:.0} ({} cores shared by all)",
+        raw_cpu.0,
+        raw_cpu.1,
+        api_cpu.0,
+        api_cpu.1,
+        api_cpu.2,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
     let json = json!({
         "bench": "place",
@@ -188,6 +204,10 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
         "api_saturated": {"per_s": round2(api_rate), "latency": api_lat},
         "api_paced": {"per_s": round2(paced_rate), "latency": paced_lat},
         "api_to_raw_ratio": round2(ratio),
+        "cpu_us_per_placement": {
+            "raw": {"client": round2(raw_cpu.0), "redis": round2(raw_cpu.1)},
+            "api": {"load_generator": api_cpu.0, "replicas": api_cpu.1, "redis": api_cpu.2},
+        },
     });
     store.quit().await;
     Ok(Report { table, json })

@@ -6,6 +6,7 @@
 //! and only the replica whose record was new creates it.
 
 pub mod local;
+pub mod plan;
 pub mod provider;
 pub mod sizing;
 pub mod vms;

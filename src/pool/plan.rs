@@ -1,0 +1,486 @@
+//! Deciding what the pool should do: a pure function of a snapshot. The reconciler reads the
+//! snapshot from Redis, calls [`plan`], then acts; it is never told why it ran, so the plan is
+//! computed from state alone and running it twice does no harm.
+//!
+//! # Rules, in order
+//! 1. A Ready or Draining VM whose heartbeat is older than `heartbeat_timeout` is failed (its
+//!    games move, its unfinished executions are queued again); a Provisioning or Booting VM
+//!    older than `boot_timeout` is failed too (and replaced by rule 3, since it no longer
+//!    counts). Dead VMs are deleted at the provider.
+//! 2. The target is the desired size, or `min_vms` once the pool has been idle (no games, none
+//!    pending, none reserved) for `idle_timeout`: scale to zero.
+//! 3. Scale up at once: Provisioning, Booting and Ready VMs count as capacity (coming or here);
+//!    Draining VMs are taken back first (they are warm), then new VMs are created, at most
+//!    `max_creates_per_pass` per pass (the rest next pass).
+//! 4. Scale down only after the target stayed lower for `scale_down_delay` (or at once when
+//!    the idle timeout made it so): VMs not yet Ready go first (they hold nothing), then the
+//!    Ready VMs with the fewest games are drained (they take no new games).
+//! 5. A Draining VM with no games and nothing running is retired; one draining longer than
+//!    `drain_timeout` is retired with its games moved first. Retiring re-checks atomically in
+//!    Redis that nothing runs on it and no game was placed on it since.
+//!
+//! # Example
+//! 3 VMs Ready with 8, 2 and 0 games, desired 2, lower for 301 s with a 300 s delay: the VM with
+//! 0 games is drained; next pass it is retired (empty), and the pool settles at 2.
+
+use crate::model::VmState;
+
+/// One VM as the reconciler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmView {
+    pub vm_id: String,
+    pub state: VmState,
+    pub games: u32,
+    pub capacity: u32,
+    pub running: u32,
+    /// When the pool recorded it (Redis clock, ms).
+    pub created_ms: u64,
+    /// Last heartbeat; `None` before the agent's first.
+    pub heartbeat_ms: Option<u64>,
+    /// When it entered its current state (draining since, ...).
+    pub state_since_ms: u64,
+}
+
+/// What the reconciler observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub now_ms: u64,
+    pub vms: Vec<VmView>,
+    /// The formula's answer (already clamped to min..max).
+    pub desired: u32,
+    /// Since when the pool has had no game, none pending and none reserved; `None`: busy.
+    pub idle_since_ms: Option<u64>,
+    /// Since when the target has been below the live size (kept by the reconciler between
+    /// passes from [`Plan::below_since_ms`]).
+    pub below_since_ms: Option<u64>,
+}
+
+/// Operator settings of the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanParams {
+    pub min_vms: u32,
+    pub scale_down_delay_ms: u64,
+    pub drain_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub boot_timeout_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub max_creates_per_pass: u32,
+}
+
+/// Why a VM is failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    HeartbeatLost,
+    BootTimeout,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::HeartbeatLost => "heartbeat_lost",
+            FailReason::BootTimeout => "boot_timeout",
+        }
+    }
+}
+
+/// One step for the reconciler to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Mark dead, move its games, queue its unfinished executions again.
+    Fail { vm_id: String, reason: FailReason },
+    /// Delete a dead VM at the provider and forget it.
+    Delete { vm_id: String },
+    /// Take a draining VM back into service.
+    Undrain { vm_id: String },
+    /// Create this many new VMs.
+    Create { count: u32 },
+    /// Stop placing games on it.
+    Drain { vm_id: String },
+    /// Delete it once Redis confirms (atomically) that nothing runs on it; with `evict`, its
+    /// games are moved first.
+    Retire { vm_id: String, evict: bool },
+}
+
+/// What to do, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub target: u32,
+    pub live: u32,
+    pub actions: Vec<Action>,
+    /// Human-readable reason of the scaling decision (shown by `GET /v1/pool`).
+    pub reason: String,
+    /// Carry into the next snapshot.
+    pub below_since_ms: Option<u64>,
+}
+
+fn is_coming_or_ready(state: VmState) -> bool {
+    matches!(
+        state,
+        VmState::Provisioning | VmState::Booting | VmState::Ready
+    )
+}
+
+pub fn plan(s: &Snapshot, p: &PlanParams) -> Plan {
+    let mut actions = Vec::new();
+    let mut failed: Vec<&str> = Vec::new();
+
+    // 1. Failures and dead VMs.
+    for vm in &s.vms {
+        let age = |since: u64| s.now_ms.saturating_sub(since);
+        let reason = match vm.state {
+            VmState::Ready | VmState::Draining => {
+                let last = vm.heartbeat_ms.unwrap_or(vm.state_since_ms);
+                (age(last) > p.heartbeat_timeout_ms).then_some(FailReason::HeartbeatLost)
+            }
+            VmState::Provisioning | VmState::Booting => {
+                (age(vm.created_ms) > p.boot_timeout_ms).then_some(FailReason::BootTimeout)
+            }
+            VmState::Dead => {
+                actions.push(Action::Delete {
+                    vm_id: vm.vm_id.clone(),
+                });
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            actions.push(Action::Fail {
+                vm_id: vm.vm_id.clone(),
+                reason,
+            });
+            failed.push(&vm.vm_id);
+        }
+    }
+    let alive = |vm: &&VmView| !failed.contains(&vm.vm_id.as_str());
+
+    // 2. The target.
+    let idle_for = s.idle_since_ms.map(|t| s.now_ms.saturating_sub(t));
+    let idle = idle_for.is_some_and(|d| d >= p.idle_timeout_ms);
+    let target = if idle {
+        p.min_vms
+    } else {
+        s.desired.max(p.min_vms)
+    };
+
+    let live: Vec<&VmView> = s
+        .vms
+        .iter()
+        .filter(alive)
+        .filter(|vm| is_coming_or_ready(vm.state))
+        .collect();
+    let live_n = live.len() as u32;
+    let mut below_since_ms = None;
+    let mut reason = format!("steady: {live_n} VMs, target {target}");
+
+    if target > live_n {
+        // 3. Scale up: take draining VMs back first (most games first: they are busiest).
+        let mut need = target - live_n;
+        let mut draining: Vec<&VmView> = s
+            .vms
+            .iter()
+            .filter(alive)
+            .filter(|vm| vm.state == VmState::Draining)
+            .collect();
+        draining.sort_by(|a, b| b.games.cmp(&a.games).then(a.vm_id.cmp(&b.vm_id)));
+        for vm in draining.into_iter().take(need as usize) {
+            actions.push(Action::Undrain {
+                vm_id: vm.vm_id.clone(),
+            });
+            need -= 1;
+        }
+        let create = need.min(p.max_creates_per_pass);
+        if create > 0 {
+            actions.push(Action::Create { count: create });
+        }
+        reason = format!(
+            "scale up: target {target} > {live_n} live VMs (formula {})",
+            s.desired
+        );
+    } else if target < live_n {
+        // 4. Scale down, after the delay (or at once when idle).
+        let since = s.below_since_ms.unwrap_or(s.now_ms);
+        below_since_ms = Some(since);
+        let waited = s.now_ms.saturating_sub(since);
+        if idle || waited >= p.scale_down_delay_ms {
+            let mut order = live.clone();
+            // Not-yet-Ready first, then fewest games, fewest running, newest.
+            order.sort_by(|a, b| {
+                let rank = |vm: &VmView| u8::from(vm.state == VmState::Ready);
+                rank(a)
+                    .cmp(&rank(b))
+                    .then(a.games.cmp(&b.games))
+                    .then(a.running.cmp(&b.running))
+                    .then(b.created_ms.cmp(&a.created_ms))
+                    .then(a.vm_id.cmp(&b.vm_id))
+            });
+            for vm in order.into_iter().take((live_n - target) as usize) {
+                if vm.state == VmState::Ready {
+                    actions.push(Action::Drain {
+                        vm_id: vm.vm_id.clone(),
+                    });
+                } else {
+                    actions.push(Action::Retire {
+                        vm_id: vm.vm_id.clone(),
+                        evict: false,
+                    });
+                }
+            }
+            reason = if idle {
+                format!(
+                    "scale to {target}: idle for {} s",
+                    idle_for.unwrap_or(0) / 1000
+                )
+            } else {
+                format!(
+                    "scale down: target {target} < {live_n} live VMs for {} s",
+                    waited / 1000
+                )
+            };
+        } else {
+            reason = format!(
+                "holding {live_n} VMs: target {target} for {} s of the {} s scale-down delay",
+                waited / 1000,
+                p.scale_down_delay_ms / 1000
+            );
+        }
+    }
+
+    // 5. Retire drained VMs (unless rule 3 took them back).
+    let undrained: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Undrain { vm_id } => Some(vm_id.clone()),
+            _ => None,
+        })
+        .collect();
+    for vm in s.vms.iter().filter(alive) {
+        if vm.state != VmState::Draining || undrained.contains(&vm.vm_id) {
+            continue;
+        }
+        if vm.games == 0 && vm.running == 0 {
+            actions.push(Action::Retire {
+                vm_id: vm.vm_id.clone(),
+                evict: false,
+            });
+        } else if s.now_ms.saturating_sub(vm.state_since_ms) > p.drain_timeout_ms {
+            actions.push(Action::Retire {
+                vm_id: vm.vm_id.clone(),
+                evict: true,
+            });
+        }
+    }
+
+    Plan {
+        target,
+        live: live_n,
+        actions,
+        reason,
+        below_since_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn params() -> PlanParams {
+        PlanParams {
+            min_vms: 0,
+            scale_down_delay_ms: 300_000,
+            drain_timeout_ms: 600_000,
+            idle_timeout_ms: 900_000,
+            boot_timeout_ms: 180_000,
+            heartbeat_timeout_ms: 15_000,
+            max_creates_per_pass: 10,
+        }
+    }
+
+    fn vm(id: &str, state: VmState, games: u32) -> VmView {
+        VmView {
+            vm_id: id.into(),
+            state,
+            games,
+            capacity: 8,
+            running: 0,
+            created_ms: NOW - 60_000,
+            heartbeat_ms: Some(NOW - 1_000),
+            state_since_ms: NOW - 60_000,
+        }
+    }
+
+    fn snap(vms: Vec<VmView>, desired: u32) -> Snapshot {
+        Snapshot {
+            now_ms: NOW,
+            vms,
+            desired,
+            idle_since_ms: None,
+            below_since_ms: None,
+        }
+    }
+
+    #[test]
+    fn scale_up_counts_coming_vms_and_creates_the_rest() {
+        let s = snap(
+            vec![
+                vm("a", VmState::Ready, 8),
+                vm("b", VmState::Provisioning, 0),
+            ],
+            5,
+        );
+        let p = plan(&s, &params());
+        assert_eq!(p.actions, vec![Action::Create { count: 3 }]);
+        assert_eq!((p.target, p.live), (5, 2));
+    }
+
+    #[test]
+    fn scale_up_takes_draining_vms_back_before_creating() {
+        let s = snap(
+            vec![vm("a", VmState::Ready, 8), vm("d", VmState::Draining, 3)],
+            3,
+        );
+        let p = plan(&s, &params());
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Undrain { vm_id: "d".into() },
+                Action::Create { count: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn creates_are_capped_per_pass() {
+        let p = plan(&snap(vec![], 100), &params());
+        assert_eq!(p.actions, vec![Action::Create { count: 10 }]);
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_delay_then_drains_the_emptiest() {
+        let vms = vec![
+            vm("a", VmState::Ready, 8),
+            vm("b", VmState::Ready, 2),
+            vm("c", VmState::Ready, 0),
+        ];
+        let mut s = snap(vms, 2);
+        let first = plan(&s, &params());
+        assert!(first.actions.is_empty(), "{first:?}");
+        assert_eq!(first.below_since_ms, Some(NOW));
+        s.below_since_ms = Some(NOW - 301_000);
+        let later = plan(&s, &params());
+        assert_eq!(later.actions, vec![Action::Drain { vm_id: "c".into() }]);
+    }
+
+    #[test]
+    fn scale_down_never_drains_a_vm_with_games_before_an_emptier_one() {
+        let mut s = snap(
+            vec![
+                vm("busy", VmState::Ready, 5),
+                vm("quiet", VmState::Ready, 1),
+                vm("new", VmState::Booting, 0),
+            ],
+            1,
+        );
+        s.below_since_ms = Some(NOW - 400_000);
+        let p = plan(&s, &params());
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Retire {
+                    vm_id: "new".into(),
+                    evict: false
+                },
+                Action::Drain {
+                    vm_id: "quiet".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_target_back_up_resets_the_scale_down_clock() {
+        let mut s = snap(vec![vm("a", VmState::Ready, 1)], 1);
+        s.below_since_ms = Some(NOW - 100_000);
+        assert_eq!(plan(&s, &params()).below_since_ms, None);
+    }
+
+    #[test]
+    fn an_idle_pool_scales_to_min_at_once() {
+        let mut s = snap(
+            vec![vm("a", VmState::Ready, 0), vm("b", VmState::Ready, 0)],
+            1,
+        );
+        s.idle_since_ms = Some(NOW - 900_001);
+        let p = plan(&s, &params());
+        assert_eq!(p.target, 0);
+        let mut drained: Vec<_> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Drain { vm_id } => vm_id.as_str(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        drained.sort();
+        assert_eq!(drained, vec!["a", "b"]);
+        assert!(p.reason.contains("idle"), "{}", p.reason);
+        // Not idle long enough: the formula's target holds.
+        s.idle_since_ms = Some(NOW - 1_000);
+        assert_eq!(plan(&s, &params()).target, 1);
+    }
+
+    #[test]
+    fn drained_vms_are_retired_when_empty_or_evicted_after_the_timeout() {
+        let mut empty = vm("empty", VmState::Draining, 0);
+        empty.state_since_ms = NOW - 10_000;
+        let mut stuck = vm("stuck", VmState::Draining, 2);
+        stuck.state_since_ms = NOW - 600_001;
+        let mut running = vm("running", VmState::Draining, 0);
+        running.running = 1;
+        let mut s = snap(vec![vm("a", VmState::Ready, 1), empty, stuck, running], 1);
+        s.below_since_ms = Some(NOW);
+        let p = plan(&s, &params());
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Retire {
+                    vm_id: "empty".into(),
+                    evict: false
+                },
+                Action::Retire {
+                    vm_id: "stuck".into(),
+                    evict: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn lost_heartbeats_and_slow_boots_fail_the_vm_and_it_is_replaced() {
+        let mut silent = vm("silent", VmState::Ready, 3);
+        silent.heartbeat_ms = Some(NOW - 16_000);
+        let mut slow = vm("slow", VmState::Provisioning, 0);
+        slow.created_ms = NOW - 181_000;
+        let p = plan(
+            &snap(vec![silent, slow, vm("dead", VmState::Dead, 0)], 2),
+            &params(),
+        );
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Fail {
+                    vm_id: "silent".into(),
+                    reason: FailReason::HeartbeatLost
+                },
+                Action::Fail {
+                    vm_id: "slow".into(),
+                    reason: FailReason::BootTimeout
+                },
+                Action::Delete {
+                    vm_id: "dead".into()
+                },
+                Action::Create { count: 2 },
+            ]
+        );
+    }
+}
