@@ -13,21 +13,22 @@
   KEYS[7] seq         STRING pool-wide sequence (game epochs, FIFO order)
 
   ARGV[1] game_id
-  ARGV[2] ttl_ms      lease length
+  ARGV[2] ttl_ms      lease length asked for; '' keeps an existing game's own
   ARGV[3] mode        'least-loaded' | 'packed'
+  ARGV[4] default_ttl_ms  lease length of a new game when ARGV[2] is ''
 
   Returns {created (1|0), vm_id or '', created_ms, expires_ms}
 ]]
 local k = { games = KEYS[1], free = KEYS[2], vm_games = KEYS[3], vm_cap = KEYS[4],
             pending = KEYS[5], game_exp = KEYS[6], seq = KEYS[7] }
-local game_id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local game_id, ttl_ms, mode, default_ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 
 local raw = redis.call('HGET', k.games, game_id)
 if raw then
   local game = cjson.decode(raw)
-  touch_game(k, game_id, game, ttl_ms, now)
+  touch_game(k, game_id, game, ttl_ms or game.ttl or default_ttl_ms, now)
   return { 0, game.vm, tostring(game.created), tostring(game.expires) }
 end
-local game = create_game(k, game_id, ttl_ms, mode, now)
+local game = create_game(k, game_id, ttl_ms or default_ttl_ms, mode, now)
 return { 1, game.vm, tostring(game.created), tostring(game.expires) }

@@ -25,7 +25,7 @@
   ARGV[2] execution_id
   ARGV[3] job JSON
   ARGV[4] queue_timeout_ms
-  ARGV[5] game_ttl_ms   lease length for a game created or refreshed here
+  ARGV[5] game_ttl_ms   lease length of a game created here
   ARGV[6] mode          'least-loaded' | 'packed'
   ARGV[7] expected_vm   '' when the caller expects the game pending or unknown
   ARGV[8] idem_ttl_ms   how long an idempotency key is remembered
@@ -60,7 +60,8 @@ end
 if game.vm ~= expected_vm then
   return { 'moved', game.vm }
 end
-touch_game(k, game_id, game, ttl_ms, now)
+-- Activity extends the lease by the game's own ttl (ARGV[5] only for a game created here).
+touch_game(k, game_id, game, game.ttl or ttl_ms, now)
 
 redis.call('HSET', k.exec, 'game', game_id, 'epoch', game.epoch, 'state', 'queued',
   'created', now, 'deadline', now + queue_timeout_ms, 'job', job, 'attempts', 0)

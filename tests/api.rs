@@ -72,6 +72,17 @@ async fn games_are_created_refreshed_read_and_deleted() {
         api.get("/v1/games/match-1").await.body["game_id"],
         "match-1"
     );
+    // An execution extends the lease by the game's own ttl_s (30 s), not the default hour.
+    api.submit("match-1", python("print(1)"), 0).await;
+    let refreshed = api.get("/v1/games/match-1").await.body;
+    let secs = |v: &serde_json::Value| {
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        time::OffsetDateTime::parse(v.as_str().unwrap(), rfc3339)
+            .unwrap()
+            .unix_timestamp()
+    };
+    let lease = secs(&refreshed["expires_at"]) - secs(&refreshed["created_at"]);
+    assert!((30..=32).contains(&lease), "lease {lease} s: {refreshed}");
     assert_eq!(
         api.send("DELETE", "/v1/games/match-1", None).await.status,
         204

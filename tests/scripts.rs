@@ -75,7 +75,7 @@ async fn least_loaded_spreads_games_and_packed_fills_the_fullest_vm() {
 
     let mut on = Vec::new();
     for g in ["g1", "g2", "g3", "g4"] {
-        let (game, created) = routing::put_game(&s, g, TTL, Placement::LeastLoaded)
+        let (game, created) = routing::put_game(&s, g, Some(TTL), TTL, Placement::LeastLoaded)
             .await
             .unwrap();
         assert!(created);
@@ -85,11 +85,11 @@ async fn least_loaded_spreads_games_and_packed_fills_the_fullest_vm() {
     assert_eq!((a, on.len() - a), (2, 2), "least-loaded alternates: {on:?}");
 
     // vm-a and vm-b hold 2 each; packed takes the fullest one with a slot until it is full.
-    let (g5, _) = routing::put_game(&s, "g5", TTL, Placement::Packed)
+    let (g5, _) = routing::put_game(&s, "g5", Some(TTL), TTL, Placement::Packed)
         .await
         .unwrap();
     let first = g5.vm_id.unwrap();
-    let (g6, _) = routing::put_game(&s, "g6", TTL, Placement::Packed)
+    let (g6, _) = routing::put_game(&s, "g6", Some(TTL), TTL, Placement::Packed)
         .await
         .unwrap();
     let second = g6.vm_id.unwrap();
@@ -98,7 +98,7 @@ async fn least_loaded_spreads_games_and_packed_fills_the_fullest_vm() {
         "the first VM was full after g5, so g6 goes to the other"
     );
     // Both full now: the next game is pending.
-    let (g7, _) = routing::put_game(&s, "g7", TTL, Placement::Packed)
+    let (g7, _) = routing::put_game(&s, "g7", Some(TTL), TTL, Placement::Packed)
         .await
         .unwrap();
     assert_eq!(g7.state, GameState::Pending);
@@ -110,12 +110,12 @@ async fn a_game_stays_on_its_vm_when_refreshed() {
     let redis = RedisServer::start().unwrap();
     let s = store(&redis.url(), "t").await;
     ready_vm(&s, "vm-a", 4).await;
-    let (g, created) = routing::put_game(&s, "g", TTL, Placement::LeastLoaded)
+    let (g, created) = routing::put_game(&s, "g", Some(TTL), TTL, Placement::LeastLoaded)
         .await
         .unwrap();
     assert!(created);
     ready_vm(&s, "vm-b", 4).await; // emptier VM appears
-    let (again, created) = routing::put_game(&s, "g", TTL * 2, Placement::LeastLoaded)
+    let (again, created) = routing::put_game(&s, "g", Some(TTL * 2), TTL, Placement::LeastLoaded)
         .await
         .unwrap();
     assert!(!created);
@@ -422,7 +422,7 @@ async fn scripts_survive_a_script_flush() {
     let s = store(&redis.url(), "t").await;
     let _: () = s.client().script_flush(false).await.unwrap();
     // NOSCRIPT is answered by reloading the script.
-    let (game, created) = routing::put_game(&s, "g", TTL, Placement::LeastLoaded)
+    let (game, created) = routing::put_game(&s, "g", Some(TTL), TTL, Placement::LeastLoaded)
         .await
         .unwrap();
     assert!(created);

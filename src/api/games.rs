@@ -59,8 +59,8 @@ pub(super) async fn put_game(
     };
     let max = state.config.max_game_ttl_s;
     let ttl_s = match body.ttl_s {
-        None => state.config.game_ttl_s,
-        Some(t) if (1..=max).contains(&t) => t,
+        None => None,
+        Some(t) if (1..=max).contains(&t) => Some(t),
         Some(t) => {
             return Err(ApiError::unprocessable(
                 "invalid_ttl",
@@ -68,8 +68,14 @@ pub(super) async fn put_game(
             ))
         }
     };
-    let (game, created) =
-        routing::put_game(&state.store, &game_id, ttl_s * 1000, state.config.placement).await?;
+    let (game, created) = routing::put_game(
+        &state.store,
+        &game_id,
+        ttl_s.map(|t| t * 1000),
+        state.config.game_ttl_s * 1000,
+        state.config.placement,
+    )
+    .await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -108,7 +108,14 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
     let (raw_rate, raw_lat) = drive(args.placements, args.concurrency, move |i| {
         let s = s.clone();
         async move {
-            routing::put_game(&s, &format!("raw-{i}"), 600_000, Placement::LeastLoaded).await?;
+            routing::put_game(
+                &s,
+                &format!("raw-{i}"),
+                None,
+                600_000,
+                Placement::LeastLoaded,
+            )
+            .await?;
             Ok(())
         }
     })

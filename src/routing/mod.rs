@@ -81,11 +81,13 @@ impl StoredGame {
     }
 }
 
-/// Starts a game or refreshes its lease; `true` when it was created by this call.
+/// Starts a game or refreshes its lease; `true` when it was created by this call. `ttl_ms`
+/// `None` keeps an existing game's lease length (a new one gets `default_ttl_ms`).
 pub async fn put_game(
     store: &Store,
     game_id: &str,
-    ttl_ms: u64,
+    ttl_ms: Option<u64>,
+    default_ttl_ms: u64,
     placement: Placement,
 ) -> StoreResult<(Game, bool)> {
     let k = &store.keys;
@@ -101,7 +103,12 @@ pub async fn put_game(
                 k.game_exp.clone(),
                 k.seq.clone(),
             ],
-            vec![arg(game_id), arg(ttl_ms as i64), arg(placement.as_str())],
+            vec![
+                arg(game_id),
+                arg(ttl_ms.map(|t| t.to_string()).unwrap_or_default()),
+                arg(placement.as_str()),
+                arg(default_ttl_ms as i64),
+            ],
         )
         .await?;
     let created = reply.int(0)? == 1;
