@@ -193,6 +193,61 @@ impl Formula {
     }
 }
 
+/// Smooths the game-start rate: an exponentially weighted moving average with a half-life, so
+/// a burst raises the rate at once and it decays over `half_life_s` after the burst.
+/// `count` games started in the last `dt_s` seconds.
+pub fn smooth_rate(prev_per_s: f64, count: f64, dt_s: f64, half_life_s: f64) -> f64 {
+    if dt_s <= 0.0 {
+        return prev_per_s;
+    }
+    let instant = count / dt_s;
+    let keep = 0.5f64.powf(dt_s / half_life_s.max(1e-3));
+    prev_per_s * keep + instant * (1.0 - keep)
+}
+
+/// The 90th percentile of recent boot times (create → Ready), or `fallback_s` with no sample.
+pub fn boot_p90(samples_s: &[f64], fallback_s: f64) -> f64 {
+    if samples_s.is_empty() {
+        return fallback_s;
+    }
+    let mut v: Vec<f64> = samples_s
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.is_empty() {
+        return fallback_s;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// A burst the app announced ahead (`POST /v1/pool/reservations`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reservation {
+    pub reservation_id: String,
+    pub games: u32,
+    /// When the games start arriving (Unix ms).
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    /// Games started in the pool since `start_ms` (counted by the reconciler), which use up
+    /// the reservation: reserved slots turn into real games.
+    #[serde(default)]
+    pub arrived: u32,
+}
+
+/// Games the formula counts as `reserved` at `now_ms`: each reservation counts from
+/// `start - boot` (so its VMs are Ready when the burst lands) until its window ends, minus the
+/// games that already arrived for it.
+pub fn reserved_now(reservations: &[Reservation], now_ms: u64, boot_ms: u64) -> f64 {
+    reservations
+        .iter()
+        .filter(|r| now_ms + boot_ms >= r.start_ms && now_ms < r.start_ms + r.duration_ms)
+        .map(|r| f64::from(r.games.saturating_sub(r.arrived)))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +276,42 @@ mod tests {
             arrivals_per_s,
             boot_s,
         }
+    }
+
+    #[test]
+    fn the_arrival_rate_follows_a_burst_and_decays_by_its_half_life() {
+        let mut rate = 0.0;
+        rate = smooth_rate(rate, 100.0, 10.0, 10.0); // 10/s for 10 s, half-life 10 s
+        assert!((rate - 5.0).abs() < 1e-9, "{rate}");
+        rate = smooth_rate(rate, 0.0, 10.0, 10.0);
+        assert!((rate - 2.5).abs() < 1e-9, "{rate}");
+        assert_eq!(smooth_rate(3.0, 5.0, 0.0, 10.0), 3.0);
+    }
+
+    #[test]
+    fn boot_p90_takes_the_slow_tail() {
+        let samples: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(boot_p90(&samples, 45.0), 9.0);
+        assert_eq!(boot_p90(&[], 45.0), 45.0);
+        assert_eq!(boot_p90(&[30.0], 45.0), 30.0);
+    }
+
+    #[test]
+    fn reservations_count_from_start_minus_boot_until_their_games_arrive() {
+        let r = Reservation {
+            reservation_id: "r".into(),
+            games: 100,
+            start_ms: 100_000,
+            duration_ms: 60_000,
+            arrived: 0,
+        };
+        let boot = 45_000;
+        assert_eq!(reserved_now(std::slice::from_ref(&r), 54_999, boot), 0.0);
+        assert_eq!(reserved_now(std::slice::from_ref(&r), 55_000, boot), 100.0);
+        let mut partly = r.clone();
+        partly.arrived = 70;
+        assert_eq!(reserved_now(&[partly], 120_000, boot), 30.0);
+        assert_eq!(reserved_now(&[r], 160_000, boot), 0.0, "the window ended");
     }
 
     #[test]
