@@ -81,12 +81,55 @@ pub struct Config {
     /// someone else, e.g. a test or another replica).
     #[arg(long, env = "WARMPOOL_PROVIDER", default_value = "local")]
     pub provider: String,
-    /// VMs created at start (the static pool size until the autoscaler lands).
-    #[arg(long, env = "WARMPOOL_MIN_VMS", default_value_t = 1)]
+    /// Fewest VMs the pool keeps, also when idle (0: scale to zero).
+    #[arg(long, env = "WARMPOOL_MIN_VMS", default_value_t = 0)]
     pub min_vms: u32,
-    /// Games one VM takes.
-    #[arg(long, env = "WARMPOOL_VM_CAPACITY", default_value_t = 8)]
-    pub vm_capacity: u32,
+    /// Most VMs the pool may have.
+    #[arg(long, env = "WARMPOOL_MAX_VMS", default_value_t = 50)]
+    pub max_vms: u32,
+    /// X: games one VM takes (its capacity) and the formula's divisor.
+    #[arg(long, env = "WARMPOOL_GAMES_PER_VM", default_value_t = 8)]
+    pub games_per_vm: u32,
+    /// Free game slots the pool keeps warm at least.
+    #[arg(long, env = "WARMPOOL_HEADROOM_GAMES", default_value_t = 4.0)]
+    pub headroom_games: f64,
+    /// Standard deviations of arrival noise the warm buffer covers.
+    #[arg(long, env = "WARMPOOL_HEADROOM_Z", default_value_t = 2.0)]
+    pub headroom_z: f64,
+    /// An expression replacing the default formula (names: games, pending, reserved,
+    /// arrivals_per_s, boot_s, games_per_vm, headroom_games, z).
+    #[arg(long, env = "WARMPOOL_POOL_FORMULA")]
+    pub pool_formula: Option<String>,
+    /// Leader lease; a leader that stops renewing is replaced after this long.
+    #[arg(long, env = "WARMPOOL_LEADER_TTL_MS", default_value_t = 5_000)]
+    pub leader_ttl_ms: u64,
+    /// Reconcile tick (also on every pending game and on POST /v1/pool/reconcile).
+    #[arg(long, env = "WARMPOOL_RECONCILE_INTERVAL_S", default_value_t = 5.0)]
+    pub reconcile_interval_s: f64,
+    /// The desired size must stay lower this long before VMs are drained.
+    #[arg(long, env = "WARMPOOL_SCALE_DOWN_DELAY_S", default_value_t = 300.0)]
+    pub scale_down_delay_s: f64,
+    /// A draining VM still holding games after this long has them moved, then is deleted.
+    #[arg(long, env = "WARMPOOL_DRAIN_TIMEOUT_S", default_value_t = 600.0)]
+    pub drain_timeout_s: f64,
+    /// No games, none pending, none reserved for this long: scale to WARMPOOL_MIN_VMS.
+    #[arg(long, env = "WARMPOOL_IDLE_TIMEOUT_S", default_value_t = 900.0)]
+    pub idle_timeout_s: f64,
+    /// A VM not Ready this long after its create is failed and replaced.
+    #[arg(long, env = "WARMPOOL_BOOT_TIMEOUT_S", default_value_t = 180.0)]
+    pub boot_timeout_s: f64,
+    /// A VM whose agent has not heartbeated for this long is declared dead.
+    #[arg(long, env = "WARMPOOL_HEARTBEAT_TIMEOUT_S", default_value_t = 15.0)]
+    pub heartbeat_timeout_s: f64,
+    /// Deliveries of an execution to VMs that died before it ends `failed` (`vm_lost`).
+    #[arg(long, env = "WARMPOOL_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Most VMs created per reconcile pass (the rest next pass).
+    #[arg(long, env = "WARMPOOL_MAX_CREATES_PER_PASS", default_value_t = 20)]
+    pub max_creates_per_pass: u32,
+    /// Half-life of the smoothed game arrival rate.
+    #[arg(long, env = "WARMPOOL_ARRIVAL_HALF_LIFE_S", default_value_t = 60.0)]
+    pub arrival_half_life_s: f64,
     /// Local provider: delay before a new agent registers, to make a cold start visible.
     #[arg(long, env = "WARMPOOL_LOCAL_BOOT_DELAY_MS", default_value_t = 0)]
     pub local_boot_delay_ms: u64,
@@ -134,7 +177,9 @@ impl Config {
             ("WARMPOOL_RESULT_TTL_S", self.result_ttl_s),
             ("WARMPOOL_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
             ("WARMPOOL_SWEEP_INTERVAL_MS", self.sweep_interval_ms),
-            ("WARMPOOL_VM_CAPACITY", u64::from(self.vm_capacity)),
+            ("WARMPOOL_GAMES_PER_VM", u64::from(self.games_per_vm)),
+            ("WARMPOOL_MAX_ATTEMPTS", u64::from(self.max_attempts)),
+            ("WARMPOOL_LEADER_TTL_MS", self.leader_ttl_ms),
             ("WARMPOOL_AGENT_SLOTS", u64::from(self.agent_slots)),
         ] {
             if value == 0 {
@@ -181,6 +226,32 @@ impl Config {
                 ));
             }
         }
+        if self.min_vms > self.max_vms {
+            return Err(bad("WARMPOOL_MIN_VMS", "must not exceed WARMPOOL_MAX_VMS"));
+        }
+        for (name, v) in [
+            ("WARMPOOL_RECONCILE_INTERVAL_S", self.reconcile_interval_s),
+            ("WARMPOOL_ARRIVAL_HALF_LIFE_S", self.arrival_half_life_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(name, "must be a number greater than 0"));
+            }
+        }
+        for (name, v) in [
+            ("WARMPOOL_HEADROOM_GAMES", self.headroom_games),
+            ("WARMPOOL_HEADROOM_Z", self.headroom_z),
+            ("WARMPOOL_SCALE_DOWN_DELAY_S", self.scale_down_delay_s),
+            ("WARMPOOL_DRAIN_TIMEOUT_S", self.drain_timeout_s),
+            ("WARMPOOL_IDLE_TIMEOUT_S", self.idle_timeout_s),
+            ("WARMPOOL_BOOT_TIMEOUT_S", self.boot_timeout_s),
+            ("WARMPOOL_HEARTBEAT_TIMEOUT_S", self.heartbeat_timeout_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(name, "must be a number >= 0"));
+            }
+        }
+        self.formula()
+            .map_err(|e| bad("WARMPOOL_POOL_FORMULA", e.0))?;
         if !matches!(self.provider.as_str(), "local" | "none") {
             return Err(bad("WARMPOOL_PROVIDER", "one of: local, none"));
         }
@@ -188,6 +259,55 @@ impl Config {
             return Err(bad("WARMPOOL_AGENT_SANDBOX", "one of: bwrap, process"));
         }
         Ok(())
+    }
+
+    /// The sizing formula: the operator's, or the default.
+    pub fn formula(
+        &self,
+    ) -> Result<crate::pool::sizing::Formula, crate::pool::sizing::FormulaError> {
+        match self.pool_formula.as_deref().map(str::trim) {
+            None | Some("") => Ok(crate::pool::sizing::Formula::Default),
+            Some(text) => crate::pool::sizing::Formula::parse(text),
+        }
+    }
+
+    pub fn sizing_params(&self) -> crate::pool::sizing::SizingParams {
+        crate::pool::sizing::SizingParams {
+            games_per_vm: f64::from(self.games_per_vm),
+            headroom_games: self.headroom_games,
+            z: self.headroom_z,
+            min_vms: self.min_vms,
+            max_vms: self.max_vms,
+        }
+    }
+
+    /// Settings of the reconcile loop.
+    pub fn reconciler_settings(&self) -> crate::pool::reconciler::ReconcilerSettings {
+        let ms = |s: f64| (s * 1000.0) as u64;
+        crate::pool::reconciler::ReconcilerSettings {
+            interval: Duration::from_secs_f64(self.reconcile_interval_s),
+            formula: self
+                .formula()
+                .unwrap_or(crate::pool::sizing::Formula::Default),
+            sizing: self.sizing_params(),
+            plan: crate::pool::plan::PlanParams {
+                min_vms: self.min_vms,
+                scale_down_delay_ms: ms(self.scale_down_delay_s),
+                drain_timeout_ms: ms(self.drain_timeout_s),
+                idle_timeout_ms: ms(self.idle_timeout_s),
+                boot_timeout_ms: ms(self.boot_timeout_s),
+                heartbeat_timeout_ms: ms(self.heartbeat_timeout_s),
+                max_creates_per_pass: self.max_creates_per_pass,
+            },
+            games_per_vm: self.games_per_vm,
+            placement: self.placement,
+            arrival_half_life_s: self.arrival_half_life_s,
+            default_boot_s: 45.0,
+            max_attempts: self.max_attempts,
+            queue_timeout_ms: self.queue_timeout_s * 1000,
+            retention_ms: self.result_ttl_s * 1000,
+            manage_size: self.provider != "none",
+        }
     }
 
     pub fn language_list(&self) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! `warmpool demo`: the real thing, narrated. Starts `warmpool dev` (its own redis-server, an
-//! orchestrator, a local VM that takes a few seconds to boot) as a child process, plays a short
-//! game through the REST API across the cold start, shows the pool, and stops everything.
+//! orchestrator, local VMs that take a few seconds to boot) as a child process with an empty
+//! pool, plays a game through the REST API across the cold start, adds games until the pool
+//! scales up, ends them, waits for the pool to scale back to zero, and stops everything.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -56,7 +57,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut dev = Command::new(std::env::current_exe()?)
         .arg("dev")
         .env("WARMPOOL_LISTEN", "127.0.0.1:0")
-        .env("WARMPOOL_MIN_VMS", "1")
+        .env("WARMPOOL_MIN_VMS", "0")
+        .env("WARMPOOL_GAMES_PER_VM", "4")
+        .env("WARMPOOL_HEADROOM_GAMES", "2")
+        .env("WARMPOOL_RECONCILE_INTERVAL_S", "1")
+        .env("WARMPOOL_SCALE_DOWN_DELAY_S", "3")
+        .env("WARMPOOL_IDLE_TIMEOUT_S", "5")
         .env(
             "WARMPOOL_LOCAL_BOOT_DELAY_MS",
             args.boot_delay_ms.to_string(),
@@ -104,7 +110,7 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let started = Instant::now();
     show(
-        "the pool right after start: one VM, still booting",
+        "the pool right after start: empty, scaled to zero",
         &call(&client, Method::GET, format!("{base}/v1/pool"), None).await?,
     );
     let game = call(
@@ -195,6 +201,28 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
         "GET /v1/pool",
         &call(&client, Method::GET, format!("{base}/v1/pool"), None).await?,
     );
+
+    // More games than the pool holds: the leader scales it up.
+    for i in 1..=10 {
+        call(
+            &client,
+            Method::PUT,
+            format!("{base}/v1/games/rush-{i}"),
+            None,
+        )
+        .await?;
+    }
+    println!("\nstarted 10 more games (4 per VM): the formula asks for more VMs ...");
+    let pool = wait_pool(&client, base, "3 or more Ready VMs", |p| {
+        p["vms"]
+            .as_array()
+            .is_some_and(|v| v.iter().filter(|vm| vm["state"] == "ready").count() >= 3)
+            && p["games"]["pending"] == 0
+    })
+    .await?;
+    summary(&pool);
+
+    // Everything ends: after the idle timeout the pool goes back to zero.
     call(
         &client,
         Method::DELETE,
@@ -202,6 +230,73 @@ async fn play(base: &str, boot_delay_ms: u64) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    println!("\nDELETE /v1/games/demo-match: the game ended and its slot is free");
+    for i in 1..=10 {
+        call(
+            &client,
+            Method::DELETE,
+            format!("{base}/v1/games/rush-{i}"),
+            None,
+        )
+        .await?;
+    }
+    println!("\nall games ended; the pool waits out its idle timeout (5 s in the demo) ...");
+    let pool = wait_pool(&client, base, "an empty pool", |p| {
+        p["vms"].as_array().is_some_and(|v| v.is_empty())
+    })
+    .await?;
+    summary(&pool);
+    println!("scaled to zero: no VM left");
     Ok(())
+}
+
+/// Polls the pool (every 200 ms, up to 90 s) until `done` holds.
+async fn wait_pool(
+    client: &reqwest::Client,
+    base: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pool = call(
+            client,
+            reqwest::Method::GET,
+            format!("{base}/v1/pool"),
+            None,
+        )
+        .await?;
+        if done(&pool) {
+            return Ok(pool);
+        }
+        if Instant::now() > deadline {
+            bail!("the pool did not reach {what} within 90 s: {pool}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn summary(pool: &Value) {
+    let vms: Vec<String> = pool["vms"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|vm| {
+                    format!(
+                        "{} {} {}/{}",
+                        vm["vm_id"].as_str().unwrap_or(""),
+                        vm["state"].as_str().unwrap_or(""),
+                        vm["games"],
+                        vm["capacity"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "pool: desired {} | VMs: [{}] | games {} | last scaling: {}",
+        pool["desired_vms"],
+        vms.join(", "),
+        pool["games"],
+        pool["last_scaling"]["reason"].as_str().unwrap_or("-")
+    );
 }

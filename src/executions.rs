@@ -39,6 +39,8 @@ pub struct Submitted {
     pub duplicate: bool,
     /// When it was accepted (Redis clock, ms); `None` for a duplicate.
     pub created_ms: Option<u64>,
+    /// The VM its game is on; `None` while the game is pending (or for a duplicate).
+    pub vm_id: Option<String>,
 }
 
 /// Accepts an execution for `game_id` (starting the game if unknown).
@@ -99,6 +101,7 @@ pub async fn submit(
                     execution_id: execution_id.to_string(),
                     duplicate: false,
                     created_ms: Some(reply.int(3)? as u64),
+                    vm_id: Some(reply.str(2)?).filter(|v| !v.is_empty()),
                 })
             }
             "dup" => {
@@ -106,6 +109,7 @@ pub async fn submit(
                     execution_id: reply.str(1)?,
                     duplicate: true,
                     created_ms: None,
+                    vm_id: None,
                 })
             }
             _ => expected = reply.str(1)?,

@@ -260,6 +260,30 @@ pub struct PoolStatus {
     pub pool: String,
     pub vms: Vec<VmStatus>,
     pub games: GameCounts,
+    /// The size the reconciler steers to (after clamping and the idle rule).
+    pub desired_vms: Option<u32>,
+    /// The sizing formula in force.
+    pub formula: String,
+    /// Every input of the formula, as last measured, with the operator's settings.
+    pub inputs: Option<serde_json::Value>,
+    /// The last scaling action: why, and when.
+    pub last_scaling: Option<ScalingNote>,
+    /// What the reconciler thinks now (also when holding steady).
+    pub status: Option<String>,
+    /// The replica leading the pool and its fencing token.
+    pub leader: Option<LeaderInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalingNote {
+    pub reason: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub replica: String,
+    pub token: u64,
 }
 
 /// One language an agent can run, as `GET /v1/languages` and the VM record show it.

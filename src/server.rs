@@ -12,13 +12,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::executions;
 use crate::model::{ErrorDetail, ExecutionState};
+use crate::pool::leader::Leadership;
 use crate::pool::local::{LocalProvider, LocalSettings};
 use crate::pool::provider::{NoProvider, Provider};
+use crate::pool::reconciler::Reconciler;
 use crate::routing::{self, Deleted};
 use crate::store::{Store, StoreError};
 use crate::waiters::{self, Waiters};
-use crate::{executions, pool};
 
 /// Most records one sweep ends, so a backlog is worked through in bounded steps.
 const SWEEP_BATCH: i64 = 256;
@@ -34,12 +36,15 @@ pub async fn run(
     let settings = config.redis_settings(redis_url.clone());
     let store = Store::connect(&settings, &config.pool).await?;
     let waiters = Waiters::default();
-    let subscriber = waiters::subscribe(&settings, &store, waiters.clone()).await?;
+    let reconcile = Arc::new(tokio::sync::Notify::new());
+    let subscriber =
+        waiters::subscribe(&settings, &store, waiters.clone(), reconcile.clone()).await?;
     let state = AppState {
         store: store.clone(),
         tokens: Arc::new(config.tokens()),
         config: Arc::new(config.clone()),
         waiters,
+        reconcile,
     };
 
     let provider: Arc<dyn Provider> = match config.provider.as_str() {
@@ -56,19 +61,29 @@ pub async fn run(
         })),
         _ => Arc::new(NoProvider),
     };
-    let created = pool::ensure_static_pool(
-        &store,
-        provider.as_ref(),
-        config.min_vms,
-        config.vm_capacity,
-    )
-    .await?;
-    if !created.is_empty() {
-        tracing::info!(?created, provider = provider.name(), "VMs created");
-    }
-
     let tasks = TaskTracker::new();
     tasks.spawn(sweep_loop(state.clone(), shutdown.clone()));
+    let replica_id = format!(
+        "{}-{}",
+        hostname(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let leadership = Leadership::new(
+        store.clone(),
+        replica_id,
+        Duration::from_millis(config.leader_ttl_ms),
+    );
+    // Wakes the reconciler at once: on gaining leadership, on a pending game, on demand.
+    let wake = state.reconcile.clone();
+    tasks.spawn(leadership.clone().run(shutdown.clone(), wake.clone()));
+    let reconciler = Reconciler::new(
+        store.clone(),
+        provider.clone(),
+        leadership,
+        config.reconciler_settings(),
+        wake,
+    );
+    tasks.spawn(reconciler.run(shutdown.clone()));
 
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, pool = %config.pool, "listening");
@@ -79,9 +94,7 @@ pub async fn run(
 
     tasks.close();
     tasks.wait().await;
-    for vm in provider.list().await.unwrap_or_default() {
-        let _ = provider.delete(&vm.vm_id).await;
-    }
+    provider.shutdown().await;
     let _ = subscriber.quit().await;
     store.quit().await;
     Ok(())
@@ -136,4 +149,10 @@ pub async fn sweep(state: &AppState) -> Result<(), StoreError> {
     // Expired games and reconnected agents free slots: hand them to pending games.
     routing::place_pending(store, state.config.placement, None).await?;
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "replica".into())
 }

@@ -18,6 +18,10 @@ use crate::executions;
 use crate::model::Execution;
 use crate::store::{RedisSettings, Store, StoreResult};
 
+/// Published on the events channel to wake the leader's reconciler (execution ids are hex,
+/// so they never collide with it).
+pub const RECONCILE: &str = "reconcile";
+
 /// Local waiters of one replica, by execution id.
 #[derive(Clone, Default)]
 pub struct Waiters {
@@ -106,6 +110,7 @@ pub async fn subscribe(
     settings: &RedisSettings,
     store: &Store,
     waiters: Waiters,
+    reconcile: Arc<tokio::sync::Notify>,
 ) -> StoreResult<SubscriberClient> {
     let client = crate::store::builder(settings)?.build_subscriber_client()?;
     client.init().await?;
@@ -113,9 +118,12 @@ pub async fn subscribe(
     let on_message = waiters.clone();
     client.on_message(move |msg| {
         let waiters = on_message.clone();
+        let reconcile = reconcile.clone();
         async move {
-            if let Some(id) = msg.value.as_str() {
-                waiters.wake(&id);
+            match msg.value.as_str().as_deref() {
+                Some(RECONCILE) => reconcile.notify_one(),
+                Some(id) => waiters.wake(id),
+                None => {}
             }
             Ok(())
         }

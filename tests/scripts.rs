@@ -11,7 +11,6 @@ use warmpool::routing::{self, Deleted, Placement};
 use warmpool::store::Store;
 
 async fn ready_vm(store: &Store, vm: &str, capacity: u32) {
-    assert!(vms::add(store, vm, capacity).await.unwrap());
     assert_eq!(
         vms::register(store, vm, capacity, &[], "test")
             .await
@@ -226,7 +225,8 @@ async fn an_idempotency_key_returns_the_first_execution() {
         Submitted {
             execution_id: "e1".into(),
             duplicate: true,
-            created_ms: None
+            created_ms: None,
+            vm_id: None
         }
     );
     assert!(

@@ -22,7 +22,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fred::prelude::*;
-use fred::types::streams::XReadResponse;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -200,7 +199,7 @@ pub async fn run(
     let mut cursor = "0".to_string();
     while !stop.is_cancelled() {
         let free = slots.available_permits().max(1) as u64;
-        let read = reader.xreadgroup_map::<String, String, String, String, _, _, _, _>(
+        let read = reader.xreadgroup::<fred::types::Value, _, _, _, _>(
             GROUP,
             vm_id.as_str(),
             Some(free),
@@ -209,7 +208,7 @@ pub async fn run(
             queue.as_str(),
             cursor.as_str(),
         );
-        let response: XReadResponse<String, String, String, String> = tokio::select! {
+        let response = tokio::select! {
             _ = stop.cancelled() => break,
             r = read => match r {
                 Ok(r) => r,
@@ -223,8 +222,8 @@ pub async fn run(
                 }
             }
         };
-        let entries: Vec<(String, HashMap<String, String>)> =
-            response.into_values().flatten().collect();
+        // A BLOCK that timed out answers nil: no entries.
+        let entries = stream_entries(response);
         if cursor != ">" && entries.is_empty() {
             cursor = ">".to_string();
             continue;
@@ -398,4 +397,48 @@ async fn bench_sandbox(
         serde_json::json!({ "runs": runs, "times_ms": times_ms })
     );
     Ok(())
+}
+
+/// Entries of an XREADGROUP reply on one stream: `[[stream, [[id, [field, value, ...]], ...]]]`
+/// (nil when a BLOCK timed out).
+fn stream_entries(reply: fred::types::Value) -> Vec<(String, HashMap<String, String>)> {
+    use fred::types::Value;
+    let text = |v: &Value| v.as_str().map(|s| s.to_string());
+    let mut out = Vec::new();
+    let streams = match reply {
+        Value::Array(streams) => streams,
+        // RESP3 answers a map of stream -> entries.
+        Value::Map(map) => map
+            .inner()
+            .into_values()
+            .map(|entries| Value::Array(vec![Value::Null, entries]))
+            .collect(),
+        _ => return out,
+    };
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = parts.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(pair) = entry else { continue };
+            let (Some(id), fields) = (pair.first().and_then(text), pair.get(1)) else {
+                continue;
+            };
+            let mut map = HashMap::new();
+            if let Some(Value::Array(kv)) = fields {
+                for chunk in kv.chunks(2) {
+                    if let (Some(k), Some(v)) =
+                        (chunk.first().and_then(text), chunk.get(1).and_then(text))
+                    {
+                        map.insert(k, v);
+                    }
+                }
+            }
+            out.push((id, map));
+        }
+    }
+    out
 }

@@ -60,6 +60,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<fred::error::Error> for ApiError {
+    fn from(err: fred::error::Error) -> Self {
+        StoreError::from(err).into()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});

@@ -163,6 +163,10 @@ pub(super) async fn submit(
     )
     .await?;
     tracing::debug!(game_id, execution_id = %submitted.execution_id, duplicate = submitted.duplicate, "execution accepted");
+    if !submitted.duplicate && submitted.vm_id.is_none() {
+        // Its game waits for capacity: the leader sizes the pool now, not at its next tick.
+        state.request_reconcile().await;
+    }
     let record = match state
         .waiters
         .wait_final(&state.store, &submitted.execution_id, wait)

@@ -76,6 +76,9 @@ pub(super) async fn put_game(
         state.config.placement,
     )
     .await?;
+    if game.state == crate::model::GameState::Pending {
+        state.request_reconcile().await;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {

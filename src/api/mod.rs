@@ -32,9 +32,22 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub tokens: Arc<Vec<String>>,
     pub waiters: Waiters,
+    /// Wakes this replica's reconciler (it acts only while this replica leads).
+    pub reconcile: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
+    /// Asks the leader, wherever it runs, for a reconcile pass now (a game went pending).
+    pub async fn request_reconcile(&self) {
+        use fred::prelude::*;
+        self.reconcile.notify_one();
+        let _: Result<i64, _> = self
+            .store
+            .client()
+            .publish(&self.store.keys.events, crate::waiters::RECONCILE)
+            .await;
+    }
+
     pub fn submit_params(&self) -> SubmitParams {
         SubmitParams {
             queue_timeout_ms: self.config.queue_timeout_s * 1000,
@@ -57,6 +70,16 @@ pub fn router(state: AppState) -> Router {
         .route("/executions/{execution_id}", get(executions::get))
         .route("/languages", get(pool::languages))
         .route("/pool", get(pool::status))
+        .route("/pool/plan", get(pool::plan))
+        .route("/pool/reconcile", post(pool::reconcile))
+        .route(
+            "/pool/reservations",
+            post(pool::create_reservation).get(pool::list_reservations),
+        )
+        .route(
+            "/pool/reservations/{reservation_id}",
+            axum::routing::delete(pool::delete_reservation),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -95,7 +95,6 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
     // Enough Ready capacity that every game in every phase is placed (no pending path).
     for i in 0..50 {
         let vm = format!("vm-{i}");
-        vms::add(&store, &vm, 10_000).await?;
         vms::register(&store, &vm, 10_000, &[], "bench").await?;
     }
 

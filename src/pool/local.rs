@@ -1,6 +1,11 @@
 //! The local provider: each "VM" is one `warmpool-agent` process on this machine, with its VM
-//! id on its command line (so `ps` shows which VM each process plays). For `warmpool dev`,
-//! the demo and the tests; it makes a cold start visible with `WARMPOOL_LOCAL_BOOT_DELAY_MS`.
+//! id and pool on its command line (so `ps` shows which VM each process plays). For `warmpool
+//! dev`, the demo and the tests; it makes a cold start visible with
+//! `WARMPOOL_LOCAL_BOOT_DELAY_MS`.
+//!
+//! Like a cloud provider, it finds VMs by what they are, not by who created them: `list` and
+//! `delete` look for agent processes of the pool in `/proc`, so a new leader can delete the
+//! VMs a dead replica started.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -88,11 +93,15 @@ impl Provider for LocalProvider {
                 }
             }
             let s = &self.settings;
+            if !find_agents(&s.pool, Some(&spec.vm_id)).is_empty() {
+                return Ok(());
+            }
             let child = Command::new(&s.agent_bin)
                 .arg("--vm-id")
                 .arg(&spec.vm_id)
+                .arg("--pool")
+                .arg(&s.pool)
                 .env("WARMPOOL_REDIS_URL", &s.redis_url)
-                .env("WARMPOOL_POOL", &s.pool)
                 .env("WARMPOOL_VM_CAPACITY", spec.capacity.to_string())
                 .env("WARMPOOL_AGENT_BOOT_DELAY_MS", s.boot_delay_ms.to_string())
                 .env("WARMPOOL_AGENT_SANDBOX", &s.sandbox)
@@ -120,24 +129,94 @@ impl Provider for LocalProvider {
             if let Some(mut child) = child {
                 terminate(vm_id, &mut child).await;
             }
+            // Started by another replica (or this one before a restart): stop it by pid.
+            for pid in find_agents(&self.settings.pool, Some(vm_id)) {
+                kill_pid(pid).await;
+            }
             Ok(())
         })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<VmInstance>, ProviderError>> {
         Box::pin(async move {
-            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-            let mut out = Vec::new();
-            for (vm_id, child) in children.iter_mut() {
-                if matches!(child.try_wait(), Ok(None)) {
-                    out.push(VmInstance {
-                        vm_id: vm_id.clone(),
-                        detail: format!("pid {}", child.id().unwrap_or(0)),
-                    });
-                }
-            }
+            let mut out: Vec<VmInstance> = find_agent_vms(&self.settings.pool)
+                .into_iter()
+                .map(|(vm_id, pid)| VmInstance {
+                    vm_id,
+                    detail: format!("pid {pid}"),
+                })
+                .collect();
             out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
             Ok(out)
         })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(LocalProvider::shutdown(self))
+    }
+}
+
+/// Agent processes of `pool` (and of `vm_id`, if given) running on this machine.
+fn find_agents(pool: &str, vm_id: Option<&str>) -> Vec<i32> {
+    find_agent_vms(pool)
+        .into_iter()
+        .filter(|(id, _)| vm_id.is_none_or(|v| v == id))
+        .map(|(_, pid)| pid)
+        .collect()
+}
+
+/// (vm_id, pid) of every live `warmpool-agent --vm-id ID --pool POOL` process.
+fn find_agent_vms(pool: &str) -> Vec<(String, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        if !args.first().is_some_and(|a| a.ends_with(b"warmpool-agent")) {
+            continue;
+        }
+        let value = |flag: &[u8]| {
+            args.windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| String::from_utf8_lossy(w[1]).into_owned())
+        };
+        if value(b"--pool").as_deref() != Some(pool) {
+            continue;
+        }
+        // A zombie has an empty cmdline, so it never matches.
+        if let Some(vm) = value(b"--vm-id") {
+            out.push((vm, pid));
+        }
+    }
+    out
+}
+
+/// SIGTERM, then SIGKILL if it is still there after 5 s.
+async fn kill_pid(pid: i32) {
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        // Gone, or a zombie (its cmdline is empty) waiting for its parent to reap it.
+        let alive = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+        if !alive {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
     }
 }

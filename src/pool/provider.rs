@@ -35,6 +35,11 @@ pub trait Provider: Send + Sync {
     fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), ProviderError>>;
     fn delete<'a>(&'a self, vm_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<VmInstance>, ProviderError>>;
+    /// Called when the replica stops: release what it holds (not the VMs: they belong to the
+    /// pool, and the next leader manages them).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A provider that creates nothing: VMs are started by someone else (tests, another replica).

@@ -10,6 +10,13 @@
 //! | `{wp:P}:vm:running`         | HASH   | vm_id → executions running on it |
 //! | `{wp:P}:vm:hb`              | ZSET   | vm_id → last heartbeat (ms, Redis clock) |
 //! | `{wp:P}:vm:info`            | HASH   | vm_id → JSON `{created, ready, languages, agent}` |
+//! | `{wp:P}:vm:since`           | HASH   | vm_id → when it entered its state (ms) |
+//! | `{wp:P}:vm:seq`             | STRING | counter of VM ids (`POOL-N`) |
+//! | `{wp:P}:boots`              | LIST   | recent boot times create → Ready (ms), newest first, ≤ 20 |
+//! | `{wp:P}:leader`             | STRING | `replica_id|token`, expires after `WARMPOOL_LEADER_TTL_MS` |
+//! | `{wp:P}:fence`              | STRING | fencing counter: the current leader's token |
+//! | `{wp:P}:ctl`                | HASH   | the reconciler's state: desired, reason, inputs, clocks |
+//! | `{wp:P}:reservations`       | HASH   | reservation_id → JSON reservation |
 //! | `{wp:P}:free`               | ZSET   | Ready VMs with a free slot → games leased (placement reads it) |
 //! | `{wp:P}:games`              | HASH   | game_id → JSON `{vm, epoch, created, expires, ttl}` (`vm` empty: pending) |
 //! | `{wp:P}:pending`            | ZSET   | pending game_id → arrival sequence (FIFO) |
@@ -36,6 +43,13 @@ pub struct Keys {
     pub vm_running: String,
     pub vm_hb: String,
     pub vm_info: String,
+    pub vm_since: String,
+    pub vm_seq: String,
+    pub boots: String,
+    pub leader: String,
+    pub fence: String,
+    pub ctl: String,
+    pub reservations: String,
     pub free: String,
     pub games: String,
     pub pending: String,
@@ -58,6 +72,13 @@ impl Keys {
             vm_running: k("vm:running"),
             vm_hb: k("vm:hb"),
             vm_info: k("vm:info"),
+            vm_since: k("vm:since"),
+            vm_seq: k("vm:seq"),
+            boots: k("boots"),
+            leader: k("leader"),
+            fence: k("fence"),
+            ctl: k("ctl"),
+            reservations: k("reservations"),
             free: k("free"),
             games: k("games"),
             pending: k("pending"),
@@ -113,6 +134,13 @@ mod tests {
             &keys.vm_running,
             &keys.vm_hb,
             &keys.vm_info,
+            &keys.vm_since,
+            &keys.vm_seq,
+            &keys.boots,
+            &keys.leader,
+            &keys.fence,
+            &keys.ctl,
+            &keys.reservations,
             &keys.free,
             &keys.games,
             &keys.pending,

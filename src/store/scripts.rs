@@ -31,7 +31,10 @@ macro_rules! lua {
 
 /// Every script, by name.
 pub struct Scripts {
-    pub add_vm: LuaScript,
+    pub acquire_leader: LuaScript,
+    pub release_leader: LuaScript,
+    pub vm_transition: LuaScript,
+    pub requeue_execution: LuaScript,
     pub register_vm: LuaScript,
     pub heartbeat: LuaScript,
     pub put_game: LuaScript,
@@ -44,9 +47,12 @@ pub struct Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 10] {
+    pub fn all(&self) -> [&LuaScript; 13] {
         [
-            &self.add_vm,
+            &self.acquire_leader,
+            &self.release_leader,
+            &self.vm_transition,
+            &self.requeue_execution,
             &self.register_vm,
             &self.heartbeat,
             &self.put_game,
@@ -61,8 +67,11 @@ impl Scripts {
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    add_vm: lua!("add_vm", 3),
-    register_vm: lua!("register_vm", 8),
+    acquire_leader: lua!("acquire_leader", 2),
+    release_leader: lua!("release_leader", 1),
+    vm_transition: lua!("vm_transition", 12),
+    requeue_execution: lua!("requeue_execution", 7),
+    register_vm: lua!("register_vm", 10),
     heartbeat: lua!("heartbeat", 2),
     put_game: lua!("put_game", 7),
     delete_game: lua!("delete_game", 10),

@@ -1,7 +1,9 @@
 --[[ register_vm: an agent declares its VM Ready with its capacity and languages.
 
   Creates the VM's stream and consumer group, keeps the games already leased to it (an agent
-  restarting on the same VM), and offers its free slots. A VM declared dead stays dead.
+  restarting on the same VM), and offers its free slots. A VM declared dead stays dead; a
+  draining VM stays draining. The first registration records the boot time (created -> ready)
+  for the formula's boot_s.
 
   KEYS[1] vm_state    HASH vm_id -> state
   KEYS[2] vm_cap      HASH vm_id -> capacity
@@ -11,20 +13,24 @@
   KEYS[6] vm_info     HASH vm_id -> JSON {created, ready, languages, agent}
   KEYS[7] free        ZSET Ready VMs with a free slot
   KEYS[8] queue       STREAM of this VM
+  KEYS[9] vm_since    HASH vm_id -> when it entered its state (ms)
+  KEYS[10] boots      LIST recent boot times (ms), newest first, at most 20
 
   ARGV[1] vm_id
   ARGV[2] capacity        games this VM takes
   ARGV[3] languages JSON  [{name, version, aliases}]
   ARGV[4] agent           agent version string
 
-  Returns {'ok', games} | {'dead'}
+  Returns {'ok', games, state} | {'dead'}
 ]]
 local vm_state, vm_cap, vm_games, vm_running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_hb, vm_info, free, queue = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local vm_since, boots = KEYS[9], KEYS[10]
 local vm, capacity, languages, agent = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now = now_ms()
 
-if redis.call('HGET', vm_state, vm) == 'dead' then
+local before = redis.call('HGET', vm_state, vm)
+if before == 'dead' then
   return { 'dead' }
 end
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', queue, 'agents', '0', 'MKSTREAM')
@@ -34,19 +40,30 @@ end
 
 local info = cjson.decode(redis.call('HGET', vm_info, vm) or '{}')
 info.created = info.created or now
+if before == 'provisioning' or before == 'booting' then
+  redis.call('LPUSH', boots, now - info.created)
+  redis.call('LTRIM', boots, 0, 19)
+end
 info.ready = now
 info.languages = cjson.decode(languages)
 info.agent = agent
 redis.call('HSET', vm_info, vm, cjson.encode(info))
-redis.call('HSET', vm_state, vm, 'ready')
+local state = 'ready'
+if before == 'draining' then
+  state = 'draining'
+end
+if before ~= state then
+  redis.call('HSET', vm_state, vm, state)
+  redis.call('HSET', vm_since, vm, now)
+end
 redis.call('HSET', vm_cap, vm, capacity)
 redis.call('HSETNX', vm_games, vm, 0)
 redis.call('HSETNX', vm_running, vm, 0)
 redis.call('ZADD', vm_hb, now, vm)
 local games = tonumber(redis.call('HGET', vm_games, vm))
-if games < capacity then
+if state == 'ready' and games < capacity then
   redis.call('ZADD', free, games, vm)
 else
   redis.call('ZREM', free, vm)
 end
-return { 'ok', games }
+return { 'ok', games, state }

@@ -1,0 +1,488 @@
+//! The reconcile loop of the leader: observe → plan → act.
+//!
+//! # Expected flow
+//! Every `WARMPOOL_RECONCILE_INTERVAL_S`, when a game goes pending, and on
+//! `POST /v1/pool/reconcile`, the leader reads a snapshot of the pool from Redis, measures the
+//! formula's inputs (smoothed arrival rate from the game counter, p90 boot time, reservations),
+//! computes the desired size ([`sizing`]), asks the pure planner what to do ([`plan`]), and
+//! carries the actions out: fenced VM transitions in Redis, then the provider.
+//!
+//! # Guarantees
+//! - Only the leader acts, and each VM change is fenced by its token: a stale leader's pass
+//!   stops at its first `Fenced` answer.
+//! - A VM is recorded before it is created, and created once per record (its id is its
+//!   provider request id): a crash between the two leaves a record that times out as a failed
+//!   boot and is replaced, never a second VM.
+//! - A failed or retired VM's games go back to pending (in their original order) and every
+//!   execution left on its stream is queued again or, after `WARMPOOL_MAX_ATTEMPTS`
+//!   deliveries, ends `failed` with `vm_lost`. The stream is deleted only once empty, so a
+//!   leader that dies mid-recovery leaves the rest for the next one.
+//!
+//! # Caveats
+//! - Evicting a VM's games scans the pool's game hash (O(games)); it runs only when a VM fails
+//!   or a drain times out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::leader::Leadership;
+use super::plan::{self, Action, PlanParams, Snapshot};
+use super::provider::{Provider, VmSpec};
+use super::sizing::{self, Formula, Reservation, SizingInputs, SizingParams};
+use super::vms::{self, Transition, TransitionResult};
+use crate::routing::{self, Placement};
+use crate::store::scripts::SCRIPTS;
+use crate::store::{arg, Store, StoreResult};
+
+/// Settings of the reconciler, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    pub interval: Duration,
+    pub formula: Formula,
+    pub sizing: SizingParams,
+    pub plan: PlanParams,
+    pub games_per_vm: u32,
+    pub placement: Placement,
+    pub arrival_half_life_s: f64,
+    /// Boot time assumed before any VM booted.
+    pub default_boot_s: f64,
+    pub max_attempts: u32,
+    pub queue_timeout_ms: u64,
+    pub retention_ms: u64,
+    /// Whether this pool's size is managed here. With provider `none` VMs are started
+    /// elsewhere: the reconciler then only fails dead VMs and recovers their work.
+    pub manage_size: bool,
+}
+
+/// What the reconciler last measured and decided, kept in `{wp:P}:ctl` for `GET /v1/pool`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Control {
+    pub desired_vms: u32,
+    pub inputs: SizingInputs,
+    /// Reason of the last scaling action, and when (RFC 3339).
+    pub last_scaling: Option<String>,
+    pub last_scaling_at: Option<String>,
+    /// The planner's current reasoning (also when holding steady).
+    pub status: String,
+    pub starts: u64,
+    pub measured_ms: u64,
+    pub below_since_ms: Option<u64>,
+    pub idle_since_ms: Option<u64>,
+}
+
+pub async fn read_control(store: &Store) -> StoreResult<Option<Control>> {
+    let raw: Option<String> = store.client().hget(&store.keys.ctl, "state").await?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+pub async fn reservations(store: &Store) -> StoreResult<Vec<Reservation>> {
+    let all: HashMap<String, String> = store.client().hgetall(&store.keys.reservations).await?;
+    let mut out: Vec<Reservation> = all
+        .values()
+        .filter_map(|raw| serde_json::from_str(raw).ok())
+        .collect();
+    out.sort_by(|a, b| {
+        a.start_ms
+            .cmp(&b.start_ms)
+            .then(a.reservation_id.cmp(&b.reservation_id))
+    });
+    Ok(out)
+}
+
+/// A reservation as stored: with the game counter at its start, to count its arrivals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredReservation {
+    #[serde(flatten)]
+    r: Reservation,
+    #[serde(default)]
+    starts_at_start: Option<u64>,
+}
+
+pub struct Reconciler {
+    store: Store,
+    provider: Arc<dyn Provider>,
+    leadership: Leadership,
+    settings: ReconcilerSettings,
+    wake: Arc<Notify>,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        provider: Arc<dyn Provider>,
+        leadership: Leadership,
+        settings: ReconcilerSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Reconciler {
+            store,
+            provider,
+            leadership,
+            settings,
+            wake,
+        }
+    }
+
+    /// Runs passes on the tick and on wake-ups until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+            }
+            let Some(token) = self.leadership.token() else {
+                continue;
+            };
+            if let Err(err) = self.pass(token).await {
+                tracing::warn!(error = %err, "reconcile pass failed; retrying next tick");
+            }
+        }
+    }
+
+    /// One observe → plan → act pass under fencing token `token`.
+    pub async fn pass(&self, token: u64) -> StoreResult<()> {
+        let store = &self.store;
+        let k = &store.keys;
+        let s = &self.settings;
+        let now = store.now_ms().await?;
+        let previous = read_control(store).await?.unwrap_or_default();
+
+        // Observe.
+        let vms_now = vms::views(store).await?;
+        let (placed, pending) = routing::game_counts(store).await?;
+        let starts: u64 = store
+            .client()
+            .get::<Option<u64>, _>(&k.seq)
+            .await?
+            .unwrap_or(0);
+        let boots_ms: Vec<f64> = store.client().lrange(&k.boots, 0, -1).await?;
+        let boot_s = sizing::boot_p90(
+            &boots_ms.iter().map(|ms| ms / 1000.0).collect::<Vec<_>>(),
+            s.default_boot_s,
+        );
+        let arrivals_per_s = if previous.measured_ms == 0 {
+            0.0
+        } else {
+            let dt_s = now.saturating_sub(previous.measured_ms) as f64 / 1000.0;
+            let count = starts.saturating_sub(previous.starts) as f64;
+            sizing::smooth_rate(
+                previous.inputs.arrivals_per_s,
+                count,
+                dt_s,
+                s.arrival_half_life_s,
+            )
+        };
+        let reserved = self.update_reservations(now, starts, boot_s).await?;
+        let inputs = SizingInputs {
+            games: placed as f64,
+            pending: pending as f64,
+            reserved,
+            arrivals_per_s,
+            boot_s,
+        };
+        let desired = s.formula.desired(&inputs, &s.sizing);
+        let busy = placed + pending > 0 || reserved > 0.0;
+        let idle_since_ms = match (busy, previous.idle_since_ms, previous.measured_ms) {
+            (true, _, _) => None,
+            (false, Some(t), _) => Some(t),
+            // A pool that has never been observed idle-to-busy starts idle long ago: a fresh
+            // pool with no games starts at min_vms rather than holding headroom for the timeout.
+            (false, None, 0) => Some(0),
+            (false, None, _) => Some(now),
+        };
+
+        // Plan.
+        let (desired, idle_since_ms) = if s.manage_size {
+            (desired, idle_since_ms)
+        } else {
+            let live = vms_now
+                .iter()
+                .filter(|vm| {
+                    matches!(
+                        vm.state,
+                        crate::model::VmState::Provisioning
+                            | crate::model::VmState::Booting
+                            | crate::model::VmState::Ready
+                    )
+                })
+                .count() as u32;
+            (live, None)
+        };
+        let mut plan_params = s.plan;
+        if !s.manage_size {
+            plan_params.min_vms = 0;
+        }
+        let planned = plan::plan(
+            &Snapshot {
+                now_ms: now,
+                vms: vms_now,
+                desired,
+                idle_since_ms,
+                below_since_ms: previous.below_since_ms,
+            },
+            &plan_params,
+        );
+
+        // Act.
+        let scaled = planned.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Create { .. }
+                    | Action::Drain { .. }
+                    | Action::Undrain { .. }
+                    | Action::Fail { .. }
+            )
+        });
+        let mut control = Control {
+            desired_vms: planned.target,
+            inputs,
+            last_scaling: previous.last_scaling.clone(),
+            last_scaling_at: previous.last_scaling_at.clone(),
+            status: planned.reason.clone(),
+            starts,
+            measured_ms: now,
+            below_since_ms: planned.below_since_ms,
+            idle_since_ms,
+        };
+        if scaled {
+            control.last_scaling = Some(planned.reason.clone());
+            control.last_scaling_at = Some(crate::model::rfc3339_ms(now));
+            tracing::info!(reason = %planned.reason, actions = ?planned.actions, "reconcile");
+        }
+        let mut moved_games = false;
+        for action in &planned.actions {
+            if self.leadership.token() != Some(token) {
+                break;
+            }
+            match self.act(token, action).await {
+                Ok(moved) => moved_games |= moved,
+                Err(ActError::Fenced) => {
+                    self.leadership.step_down();
+                    return Ok(());
+                }
+                Err(ActError::Store(err)) => return Err(err),
+            }
+        }
+        if moved_games {
+            routing::place_pending(store, s.placement, None).await?;
+        }
+        let json = serde_json::to_string(&control).unwrap_or_default();
+        let _: () = store
+            .client()
+            .hset(
+                &k.ctl,
+                [("state", json), ("formula", s.formula.text().to_string())],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Counts arrivals against open reservations, drops ended ones, returns `reserved`.
+    async fn update_reservations(&self, now: u64, starts: u64, boot_s: f64) -> StoreResult<f64> {
+        let k = &self.store.keys;
+        let all: HashMap<String, String> = self.store.client().hgetall(&k.reservations).await?;
+        let mut open = Vec::new();
+        for (id, raw) in all {
+            let Ok(mut stored) = serde_json::from_str::<StoredReservation>(&raw) else {
+                continue;
+            };
+            if now >= stored.r.start_ms + stored.r.duration_ms {
+                let _: i64 = self.store.client().hdel(&k.reservations, &id).await?;
+                continue;
+            }
+            if now >= stored.r.start_ms {
+                let base = *stored.starts_at_start.get_or_insert(starts);
+                stored.r.arrived =
+                    starts.saturating_sub(base).min(u64::from(stored.r.games)) as u32;
+                let json = serde_json::to_string(&stored).unwrap_or_default();
+                let _: i64 = self
+                    .store
+                    .client()
+                    .hset(&k.reservations, (id, json))
+                    .await?;
+            }
+            open.push(stored.r);
+        }
+        Ok(sizing::reserved_now(&open, now, (boot_s * 1000.0) as u64))
+    }
+
+    /// Carries out one action; `Ok(true)` when games went back to pending.
+    async fn act(&self, token: u64, action: &Action) -> Result<bool, ActError> {
+        let store = &self.store;
+        let transition = |vm_id: String, t: Transition| async move {
+            match vms::transition(store, token, &vm_id, t).await? {
+                TransitionResult::Fenced => Err(ActError::Fenced),
+                other => Ok(other),
+            }
+        };
+        match action {
+            Action::Create { count } => {
+                for _ in 0..*count {
+                    let added = transition(
+                        store.pool_name().to_string(),
+                        Transition::Add {
+                            capacity: self.settings.games_per_vm,
+                        },
+                    )
+                    .await?;
+                    if let TransitionResult::Ok { vm_id, .. } = added {
+                        let spec = VmSpec {
+                            vm_id: vm_id.clone(),
+                            capacity: self.settings.games_per_vm,
+                        };
+                        // A failed create leaves the record provisioning: the boot timeout
+                        // fails it and the next pass replaces it.
+                        if let Err(err) = self.provider.create(&spec).await {
+                            tracing::warn!(vm_id, error = %err, "create failed");
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            Action::Drain { vm_id } => {
+                transition(vm_id.clone(), Transition::Drain).await?;
+                Ok(false)
+            }
+            Action::Undrain { vm_id } => {
+                transition(vm_id.clone(), Transition::Undrain).await?;
+                Ok(false)
+            }
+            Action::Retire { vm_id, evict } => {
+                match transition(vm_id.clone(), Transition::Retire { evict: *evict }).await? {
+                    TransitionResult::Ok { moved, .. } => {
+                        tracing::info!(vm_id, moved = moved.len(), "retiring VM");
+                        self.bury(token, vm_id).await?;
+                        Ok(!moved.is_empty())
+                    }
+                    _ => Ok(false),
+                }
+            }
+            Action::Fail { vm_id, reason } => {
+                if let TransitionResult::Ok { moved, .. } =
+                    transition(vm_id.clone(), Transition::Fail).await?
+                {
+                    tracing::warn!(
+                        vm_id,
+                        reason = reason.as_str(),
+                        moved = moved.len(),
+                        "VM failed"
+                    );
+                    self.bury(token, vm_id).await?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Action::Delete { vm_id } => {
+                self.bury(token, vm_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// For a dead VM: queue again what its stream still holds, delete it at the provider,
+    /// then forget it. Safe to repeat (a later pass finishes what a crash interrupted).
+    async fn bury(&self, token: u64, vm_id: &str) -> Result<(), ActError> {
+        requeue_stream(&self.store, vm_id, &self.settings).await?;
+        if let Err(err) = self.provider.delete(vm_id).await {
+            tracing::warn!(vm_id, error = %err, "provider delete failed; retrying next pass");
+            return Ok(());
+        }
+        let queue = self.store.keys.queue(vm_id);
+        let left: u64 = self
+            .store
+            .client()
+            .xlen(&queue)
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        if left == 0 {
+            let _: i64 = self
+                .store
+                .client()
+                .del(&queue)
+                .await
+                .map_err(crate::store::StoreError::from)?;
+            match vms::transition(&self.store, token, vm_id, Transition::Forget).await? {
+                TransitionResult::Fenced => return Err(ActError::Fenced),
+                _ => tracing::info!(vm_id, "VM deleted"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum ActError {
+    Fenced,
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for ActError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ActError::Store(e)
+    }
+}
+
+/// Moves every execution left on a dead VM's stream back to its game (or fails it).
+pub async fn requeue_stream(
+    store: &Store,
+    vm_id: &str,
+    s: &ReconcilerSettings,
+) -> StoreResult<u64> {
+    let k = &store.keys;
+    let dead_queue = k.queue(vm_id);
+    let entries: Vec<(String, HashMap<String, String>)> = store
+        .client()
+        .xrange(&dead_queue, "-", "+", Some(1_000))
+        .await?;
+    let mut handled = 0;
+    for (entry_id, fields) in entries {
+        let Some(exec_id) = fields.get("e") else {
+            let _: i64 = store.client().xdel(&dead_queue, &entry_id).await?;
+            continue;
+        };
+        let mut expected = String::new();
+        for _ in 0..8 {
+            let reply = store
+                .call(
+                    &SCRIPTS.requeue_execution,
+                    vec![
+                        k.exec(exec_id),
+                        k.games.clone(),
+                        k.backlog.clone(),
+                        k.queued.clone(),
+                        k.game_queued.clone(),
+                        dead_queue.clone(),
+                        k.queue(&expected),
+                    ],
+                    vec![
+                        arg(exec_id.as_str()),
+                        arg(entry_id.as_str()),
+                        arg(vm_id),
+                        arg(expected.as_str()),
+                        arg(i64::from(s.max_attempts)),
+                        arg(s.queue_timeout_ms as i64),
+                        arg(s.retention_ms as i64),
+                        arg(k.events.as_str()),
+                    ],
+                )
+                .await?;
+            match reply.status(&["requeued", "failed", "cancelled", "skip", "moved"])? {
+                "moved" => expected = reply.str(1)?,
+                _ => {
+                    handled += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(handled)
+}
