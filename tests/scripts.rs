@@ -428,3 +428,214 @@ async fn scripts_survive_a_script_flush() {
     assert!(created);
     assert_eq!(game.state, GameState::Pending);
 }
+
+mod control {
+    use super::*;
+    use warmpool::pool::leader::Leadership;
+    use warmpool::pool::vms::{Transition, TransitionResult};
+
+    #[tokio::test]
+    async fn a_new_leader_fences_off_the_old_one() {
+        let redis = RedisServer::start().unwrap();
+        let s = store(&redis.url(), "t").await;
+        let ttl = std::time::Duration::from_millis(200);
+        let old = Leadership::new(s.clone(), "old".into(), ttl);
+        let new = Leadership::new(s.clone(), "new".into(), ttl);
+        let t1 = old.try_lead().await.unwrap().expect("first comes, leads");
+        assert_eq!(new.try_lead().await.unwrap(), None, "the lease is held");
+        assert_eq!(
+            old.try_lead().await.unwrap(),
+            Some(t1),
+            "renewal keeps the token"
+        );
+        // The old leader pauses past its lease; the new one takes over with a new token.
+        let t2 = eventually(
+            std::time::Duration::from_secs(5),
+            "the lease to expire",
+            || {
+                let new = new.clone();
+                async move { new.try_lead().await.unwrap() }
+            },
+        )
+        .await;
+        assert!(t2 > t1);
+        // The old leader wakes up and acts with its stale token: nothing happens.
+        let stale = vms::transition(&s, t1, "t", Transition::Add { capacity: 8 })
+            .await
+            .unwrap();
+        assert_eq!(stale, TransitionResult::Fenced);
+        assert!(vms::list(&s).await.unwrap().is_empty());
+        let TransitionResult::Ok { vm_id, .. } =
+            vms::transition(&s, t2, "t", Transition::Add { capacity: 8 })
+                .await
+                .unwrap()
+        else {
+            panic!("the current leader acts");
+        };
+        assert_eq!(vm_id, "t-1");
+        assert_eq!(
+            old.try_lead().await.unwrap(),
+            None,
+            "the old leader learns it lost"
+        );
+        assert_eq!(old.token(), None);
+    }
+
+    #[tokio::test]
+    async fn retire_refuses_a_vm_with_games_or_running_work_and_evict_moves_games_in_order() {
+        let redis = RedisServer::start().unwrap();
+        let s = store(&redis.url(), "t").await;
+        let token = Leadership::new(s.clone(), "me".into(), std::time::Duration::from_secs(10))
+            .try_lead()
+            .await
+            .unwrap()
+            .unwrap();
+        ready_vm(&s, "vm-a", 2).await;
+        submit(&s, "g1", "e1", None).await;
+        submit(&s, "g2", "e2", None).await;
+        submit(&s, "g3", "e3", None).await; // pending: vm-a is full
+        let drained = vms::transition(&s, token, "vm-a", Transition::Drain)
+            .await
+            .unwrap();
+        assert!(matches!(drained, TransitionResult::Ok { .. }));
+        assert_eq!(
+            vms::transition(&s, token, "vm-a", Transition::Retire { evict: false })
+                .await
+                .unwrap(),
+            TransitionResult::Busy {
+                games: 2,
+                running: 0
+            }
+        );
+        let TransitionResult::Ok { mut moved, .. } =
+            vms::transition(&s, token, "vm-a", Transition::Retire { evict: true })
+                .await
+                .unwrap()
+        else {
+            panic!("evicting retire goes through");
+        };
+        moved.sort();
+        assert_eq!(moved, vec!["g1", "g2"]);
+        // Their original order holds: g1 and g2 arrived before g3.
+        ready_vm(&s, "vm-b", 2).await;
+        routing::place_pending(&s, Placement::LeastLoaded, Some("vm-b"))
+            .await
+            .unwrap();
+        assert_eq!(
+            routing::get_game(&s, "g1")
+                .await
+                .unwrap()
+                .unwrap()
+                .vm_id
+                .as_deref(),
+            Some("vm-b")
+        );
+        assert_eq!(
+            routing::get_game(&s, "g2")
+                .await
+                .unwrap()
+                .unwrap()
+                .vm_id
+                .as_deref(),
+            Some("vm-b")
+        );
+        assert_eq!(
+            routing::get_game(&s, "g3").await.unwrap().unwrap().state,
+            GameState::Pending
+        );
+    }
+
+    #[tokio::test]
+    async fn work_on_a_failed_vm_is_queued_again_and_fails_after_max_attempts() {
+        let redis = RedisServer::start().unwrap();
+        let s = store(&redis.url(), "t").await;
+        let token = Leadership::new(s.clone(), "me".into(), std::time::Duration::from_secs(10))
+            .try_lead()
+            .await
+            .unwrap()
+            .unwrap();
+        let mut settings = Config::defaults().reconciler_settings();
+        settings.max_attempts = 2;
+        ready_vm(&s, "vm-a", 4).await;
+        submit(&s, "g", "running-1", None).await;
+        submit(&s, "g", "queued-1", None).await;
+        let entries = stream_entries(&s, "vm-a").await;
+        let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "running-1", 60_000)
+            .await
+            .unwrap()
+        else {
+            panic!("starts");
+        };
+        // vm-a dies mid-run.
+        let TransitionResult::Ok { moved, .. } =
+            vms::transition(&s, token, "vm-a", Transition::Fail)
+                .await
+                .unwrap()
+        else {
+            panic!("fail goes through");
+        };
+        assert_eq!(moved, vec!["g"]);
+        let handled = warmpool::pool::reconciler::requeue_stream(&s, "vm-a", &settings)
+            .await
+            .unwrap();
+        assert_eq!(handled, 2);
+        assert!(stream_entries(&s, "vm-a").await.is_empty());
+        let r1 = executions::get(&s, "running-1").await.unwrap().unwrap();
+        assert_eq!(
+            r1.state,
+            ExecutionState::Queued,
+            "queued again for a new VM"
+        );
+        // The dead VM's late result is rejected.
+        let late = Finish::Finished(ok_result());
+        assert!(!executions::finish(
+            &s,
+            "vm-a",
+            "running-1",
+            attempt,
+            &entries[0].0,
+            &late,
+            60_000
+        )
+        .await
+        .unwrap());
+        // A new VM takes the game and both executions, in order.
+        ready_vm(&s, "vm-b", 4).await;
+        routing::place_pending(&s, Placement::LeastLoaded, Some("vm-b"))
+            .await
+            .unwrap();
+        let order: Vec<String> = stream_entries(&s, "vm-b")
+            .await
+            .into_iter()
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(order, vec!["running-1", "queued-1"]);
+        // It dies mid-run too: that is the second delivery, the limit: failed, vm_lost.
+        let Start::Run {
+            attempt: second, ..
+        } = executions::start(&s, "vm-b", "running-1", 60_000)
+            .await
+            .unwrap()
+        else {
+            panic!("starts again");
+        };
+        assert_eq!(second, 2);
+        vms::transition(&s, token, "vm-b", Transition::Fail)
+            .await
+            .unwrap();
+        warmpool::pool::reconciler::requeue_stream(&s, "vm-b", &settings)
+            .await
+            .unwrap();
+        let r1 = executions::get(&s, "running-1").await.unwrap().unwrap();
+        assert_eq!(r1.state, ExecutionState::Failed);
+        assert_eq!(r1.error.unwrap().code, "vm_lost");
+        assert_eq!(
+            executions::get(&s, "queued-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            ExecutionState::Queued
+        );
+    }
+}
