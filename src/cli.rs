@@ -37,6 +37,9 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// A narrated local run: `warmpool dev`, a game through a cold start, the pool, shutdown.
     Demo(crate::demo::DemoArgs),
+    /// Replay a trace of games against the sizing formula and planner on a virtual clock, or
+    /// generate a day's trace (`--generate`).
+    Sim(crate::sim::SimArgs),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
             Command::Exec(args) => exec(args).await,
             Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Sim(args) => crate::sim::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

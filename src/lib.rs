@@ -16,5 +16,6 @@ pub mod redis_server;
 pub mod routing;
 pub mod runtimes;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod waiters;
