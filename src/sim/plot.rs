@@ -159,8 +159,17 @@ pub fn svg(samples: &[Sample], games_per_vm: u32, markers: &[Marker], title: &st
         ("#2ca02c", "announced burst"),
         ("#d62728", "unannounced burst"),
     ];
+    // Below the burst labels, on a white card that hides the marker lines behind it.
+    let legend_top = TOP + 22.0;
+    let _ = writeln!(
+        out,
+        r#"<rect x="{}" y="{}" width="330" height="{}" fill="white" fill-opacity="0.9"/>"#,
+        LEFT + 8.0,
+        legend_top - 10.0,
+        16.0 * legend.len() as f64 + 6.0
+    );
     for (i, (colour, text)) in legend.iter().enumerate() {
-        let y = TOP + 10.0 + 16.0 * i as f64;
+        let y = legend_top + 16.0 * i as f64;
         let x = LEFT + 16.0;
         let _ = writeln!(
             out,
