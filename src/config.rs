@@ -81,6 +81,9 @@ pub struct Config {
     /// someone else, e.g. a test or another replica).
     #[arg(long, env = "WARMPOOL_PROVIDER", default_value = "local")]
     pub provider: String,
+    /// This replica's name in the leader lease (default: hostname plus a random suffix).
+    #[arg(long, env = "WARMPOOL_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Fewest VMs the pool keeps, also when idle (0: scale to zero).
     #[arg(long, env = "WARMPOOL_MIN_VMS", default_value_t = 0)]
     pub min_vms: u32,

@@ -63,11 +63,13 @@ pub async fn run(
     };
     let tasks = TaskTracker::new();
     tasks.spawn(sweep_loop(state.clone(), shutdown.clone()));
-    let replica_id = format!(
-        "{}-{}",
-        hostname(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let replica_id = config.replica_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            hostname(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
     let leadership = Leadership::new(
         store.clone(),
         replica_id,

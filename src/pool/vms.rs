@@ -147,37 +147,78 @@ struct VmInfo {
     languages: Vec<LanguageInfo>,
 }
 
+/// All VM records, read at one instant.
+struct Records {
+    now_ms: u64,
+    states: HashMap<String, String>,
+    caps: HashMap<String, String>,
+    games: HashMap<String, String>,
+    running: HashMap<String, String>,
+    beats: HashMap<String, String>,
+    infos: HashMap<String, String>,
+    since: HashMap<String, String>,
+}
+
+async fn records(store: &Store) -> StoreResult<Records> {
+    let k = &store.keys;
+    let reply = store
+        .call(
+            &SCRIPTS.snapshot_pool,
+            vec![
+                k.vm_state.clone(),
+                k.vm_cap.clone(),
+                k.vm_games.clone(),
+                k.vm_running.clone(),
+                k.vm_hb.clone(),
+                k.vm_info.clone(),
+                k.vm_since.clone(),
+            ],
+            vec![],
+        )
+        .await?;
+    Ok(Records {
+        now_ms: reply.int(0)? as u64,
+        states: reply.map(1)?,
+        caps: reply.map(2)?,
+        games: reply.map(3)?,
+        running: reply.map(4)?,
+        beats: reply.map(5)?,
+        infos: reply.map(6)?,
+        since: reply.map(7)?,
+    })
+}
+
+fn num<T: std::str::FromStr + Default>(map: &HashMap<String, String>, key: &str) -> T {
+    map.get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
 /// Every VM the pool knows, sorted by id.
 pub async fn list(store: &Store) -> StoreResult<Vec<VmStatus>> {
-    let k = &store.keys;
-    let client = store.client();
-    let states: HashMap<String, String> = client.hgetall(&k.vm_state).await?;
-    let caps: HashMap<String, u64> = client.hgetall(&k.vm_cap).await?;
-    let games: HashMap<String, u64> = client.hgetall(&k.vm_games).await?;
-    let running: HashMap<String, u64> = client.hgetall(&k.vm_running).await?;
-    let infos: HashMap<String, String> = client.hgetall(&k.vm_info).await?;
-    let beats: Vec<(String, f64)> = client
-        .zrange(&k.vm_hb, 0, -1, None, false, None, true)
-        .await?;
-    let beats: HashMap<String, f64> = beats.into_iter().collect();
-    let now = store.now_ms().await? as f64;
-    let mut vms: Vec<VmStatus> = states
-        .into_iter()
+    let r = records(store).await?;
+    let now = r.now_ms as f64;
+    let mut vms: Vec<VmStatus> = r
+        .states
+        .iter()
         .map(|(vm_id, state)| {
-            let info: VmInfo = infos
-                .get(&vm_id)
+            let info: VmInfo = r
+                .infos
+                .get(vm_id)
                 .and_then(|raw| serde_json::from_str(raw).ok())
                 .unwrap_or_default();
             VmStatus {
-                state: VmState::parse(&state).unwrap_or(VmState::Dead),
-                games: games.get(&vm_id).copied().unwrap_or(0),
-                capacity: caps.get(&vm_id).copied().unwrap_or(0),
-                running: running.get(&vm_id).copied().unwrap_or(0),
+                state: VmState::parse(state).unwrap_or(VmState::Dead),
+                games: num(&r.games, vm_id),
+                capacity: num(&r.caps, vm_id),
+                running: num(&r.running, vm_id),
                 languages: info.languages.into_iter().map(|l| l.name).collect(),
-                heartbeat_age_s: beats
-                    .get(&vm_id)
-                    .map(|at| ((now - at).max(0.0) / 1000.0 * 1000.0).round() / 1000.0),
-                vm_id,
+                heartbeat_age_s: r
+                    .beats
+                    .get(vm_id)
+                    .and_then(|at| at.parse::<f64>().ok())
+                    .map(|at| ((now - at).max(0.0)).round() / 1000.0),
+                vm_id: vm_id.clone(),
             }
         })
         .collect();
@@ -201,40 +242,39 @@ pub async fn language_versions(store: &Store) -> StoreResult<HashMap<String, Str
 
 /// Every VM as the reconciler's planner sees it.
 pub async fn views(store: &Store) -> StoreResult<Vec<crate::pool::plan::VmView>> {
-    let k = &store.keys;
-    let client = store.client();
-    let states: HashMap<String, String> = client.hgetall(&k.vm_state).await?;
-    let caps: HashMap<String, u32> = client.hgetall(&k.vm_cap).await?;
-    let games: HashMap<String, u32> = client.hgetall(&k.vm_games).await?;
-    let running: HashMap<String, u32> = client.hgetall(&k.vm_running).await?;
-    let since: HashMap<String, u64> = client.hgetall(&k.vm_since).await?;
-    let infos: HashMap<String, String> = client.hgetall(&k.vm_info).await?;
-    let beats: Vec<(String, f64)> = client
-        .zrange(&k.vm_hb, 0, -1, None, false, None, true)
-        .await?;
-    let beats: HashMap<String, f64> = beats.into_iter().collect();
+    let r = records(store).await?;
     #[derive(serde::Deserialize, Default)]
     struct Created {
         #[serde(default)]
         created: f64,
     }
-    let mut out: Vec<crate::pool::plan::VmView> = states
-        .into_iter()
+    let mut out: Vec<crate::pool::plan::VmView> = r
+        .states
+        .iter()
         .map(|(vm_id, state)| {
-            let created = infos
-                .get(&vm_id)
+            let created = r
+                .infos
+                .get(vm_id)
                 .and_then(|raw| serde_json::from_str::<Created>(raw).ok())
                 .unwrap_or_default()
                 .created as u64;
             crate::pool::plan::VmView {
-                state: VmState::parse(&state).unwrap_or(VmState::Dead),
-                games: games.get(&vm_id).copied().unwrap_or(0),
-                capacity: caps.get(&vm_id).copied().unwrap_or(0),
-                running: running.get(&vm_id).copied().unwrap_or(0),
+                state: VmState::parse(state).unwrap_or(VmState::Dead),
+                games: num(&r.games, vm_id),
+                capacity: num(&r.caps, vm_id),
+                running: num(&r.running, vm_id),
                 created_ms: created,
-                heartbeat_ms: beats.get(&vm_id).map(|t| *t as u64),
-                state_since_ms: since.get(&vm_id).copied().unwrap_or(created),
-                vm_id,
+                heartbeat_ms: r
+                    .beats
+                    .get(vm_id)
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .map(|t| t as u64),
+                state_since_ms: r
+                    .since
+                    .get(vm_id)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(created),
+                vm_id: vm_id.clone(),
             }
         })
         .collect();

@@ -217,6 +217,32 @@ impl Reply {
         }
     }
 
+    /// Item `i` as a map, from a flat `[key, value, key, value, ...]` array (HGETALL, or ZRANGE
+    /// WITHSCORES).
+    pub fn map(&self, i: usize) -> StoreResult<std::collections::HashMap<String, String>> {
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.to_string()),
+            Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::Integer(n) => Some(n.to_string()),
+            Value::Double(d) => Some(d.to_string()),
+            _ => None,
+        };
+        match self.items().get(i) {
+            Some(Value::Array(flat)) => Ok(flat
+                .chunks(2)
+                .filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?)))
+                .collect()),
+            Some(Value::Map(map)) => Ok(map
+                .clone()
+                .inner()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), text(v)?)))
+                .collect()),
+            Some(Value::Null) | None => Ok(Default::default()),
+            other => Err(self.bad(format!("item {i} is {other:?}, not a map"))),
+        }
+    }
+
     /// Items from `i` on, as text.
     pub fn strs_from(&self, i: usize) -> StoreResult<Vec<String>> {
         (i..self.len()).map(|j| self.str(j)).collect()

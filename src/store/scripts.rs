@@ -35,6 +35,7 @@ pub struct Scripts {
     pub release_leader: LuaScript,
     pub vm_transition: LuaScript,
     pub requeue_execution: LuaScript,
+    pub snapshot_pool: LuaScript,
     pub register_vm: LuaScript,
     pub heartbeat: LuaScript,
     pub put_game: LuaScript,
@@ -47,8 +48,9 @@ pub struct Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 13] {
+    pub fn all(&self) -> [&LuaScript; 14] {
         [
+            &self.snapshot_pool,
             &self.acquire_leader,
             &self.release_leader,
             &self.vm_transition,
@@ -71,6 +73,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release_leader: lua!("release_leader", 1),
     vm_transition: lua!("vm_transition", 12),
     requeue_execution: lua!("requeue_execution", 7),
+    snapshot_pool: lua!("snapshot_pool", 7),
     register_vm: lua!("register_vm", 10),
     heartbeat: lua!("heartbeat", 2),
     put_game: lua!("put_game", 7),

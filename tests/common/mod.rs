@@ -128,7 +128,11 @@ impl Api {
     pub fn new(base: &str) -> Api {
         Api {
             base: base.to_string(),
-            http: reqwest::Client::new(),
+            // Longer than any wait_s a test asks for; a hung replica fails the test, not CI.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(75))
+                .build()
+                .unwrap(),
             token: Some(TOKEN.to_string()),
         }
     }
@@ -157,6 +161,17 @@ impl Api {
             body,
             headers,
         }
+    }
+
+    /// A GET that answers `None` when nothing listens (a replica still starting or killed).
+    pub async fn try_status(&self, path: &str) -> Option<u16> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .ok()?;
+        Some(r.status().as_u16())
     }
 
     pub async fn get(&self, path: &str) -> Reply {
