@@ -97,7 +97,7 @@ pub struct Config {
     #[arg(long, env = "WARMPOOL_HEADROOM_GAMES", default_value_t = 4.0)]
     pub headroom_games: f64,
     /// Standard deviations of arrival noise the warm buffer covers.
-    #[arg(long, env = "WARMPOOL_HEADROOM_Z", default_value_t = 2.0)]
+    #[arg(long, env = "WARMPOOL_HEADROOM_Z", default_value_t = 1.0)]
     pub headroom_z: f64,
     /// An expression replacing the default formula (names: games, pending, reserved,
     /// arrivals_per_s, boot_s, games_per_vm, headroom_games, z).

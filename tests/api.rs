@@ -393,3 +393,110 @@ async fn framework_rejections_use_the_json_error_shape() {
     assert_error(&r, 405, "method_not_allowed");
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn the_plan_endpoint_answers_what_the_formula_would_do() {
+    let (_redis, replica) = replica_with(|c| {
+        c.games_per_vm = 8;
+        c.headroom_games = 4.0;
+        c.headroom_z = 2.0;
+        c.max_vms = 1000;
+    })
+    .await;
+    let api = replica.api();
+    // The worked example of the docs: 37 placed, 3 pending, 40 reserved, 0.5/s, 45 s boot.
+    let r = api
+        .get("/v1/pool/plan?games=37&pending=3&reserved=40&arrivals_per_s=0.5&boot_s=45")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["desired_vms"], 14, "{}", r.body);
+    assert_eq!(r.body["inputs"]["games_per_vm"], 8);
+    assert!(r.body["formula"].as_str().unwrap().contains("games_per_vm"));
+    assert_error(
+        &api.get("/v1/pool/plan?games=lots").await,
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        &api.get("/v1/pool/plan?games=-1").await,
+        400,
+        "invalid_query",
+    );
+    let pool = api.get("/v1/pool").await.body;
+    assert!(pool["formula"].is_string(), "{pool}");
+    let mut open = api.clone();
+    open.token = None;
+    assert_error(&open.get("/v1/pool/plan").await, 401, "unauthorized");
+    assert_eq!(
+        api.send("POST", "/v1/pool/reconcile", None).await.status,
+        202
+    );
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn reservations_are_validated_listed_and_deleted() {
+    let (_redis, replica) = replica_with(|_| {}).await;
+    let api = replica.api();
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
+    let start_at = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = |games: i64, start: &str, duration: i64| {
+        serde_json::to_vec(&json!({"games": games, "start_at": start, "duration_s": duration}))
+            .unwrap()
+    };
+    let r = api
+        .send(
+            "POST",
+            "/v1/pool/reservations",
+            Some(body(200, &start_at, 600)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["reservation_id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["games"], 200);
+    for (bad, code) in [
+        (body(0, &start_at, 600), "invalid_reservation"),
+        (body(200, "tomorrow", 600), "invalid_reservation"),
+        (body(200, &start_at, 0), "invalid_reservation"),
+        (
+            body(200, "2001-01-01T00:00:00Z", 600),
+            "invalid_reservation",
+        ),
+    ] {
+        assert_error(
+            &api.send("POST", "/v1/pool/reservations", Some(bad)).await,
+            422,
+            code,
+        );
+    }
+    let r = api
+        .send(
+            "POST",
+            "/v1/pool/reservations",
+            Some(body(-1, &start_at, 600)),
+        )
+        .await;
+    assert_error(&r, 400, "invalid_json");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("games"));
+    let listed = api.get("/v1/pool/reservations").await.body;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["reservation_id"], id.as_str());
+    assert_eq!(
+        api.send("DELETE", &format!("/v1/pool/reservations/{id}"), None)
+            .await
+            .status,
+        204
+    );
+    assert_error(
+        &api.send("DELETE", &format!("/v1/pool/reservations/{id}"), None)
+            .await,
+        404,
+        "reservation_not_found",
+    );
+    replica.stop().await;
+}

@@ -588,3 +588,41 @@ async fn a_burst_with_no_ready_vm_is_placed_once_vms_boot() {
         assert_eq!(c.api().wait_final(id, SETTLE).await["state"], "finished");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_warms_vms_before_its_games_arrive() {
+    let mut c = Cluster::new(
+        "ctl-reserve",
+        false,
+        &[(
+            "WARMPOOL_POOL_FORMULA",
+            "ceil((games + pending + reserved) / games_per_vm)",
+        )],
+    );
+    c.add_replica().await;
+    // Starts in 30 s; VMs boot in 45 s as far as the pool knows (no boot measured yet), so the
+    // reserved games count at once.
+    let start = time::OffsetDateTime::now_utc() + time::Duration::seconds(30);
+    let start_at = start
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body =
+        serde_json::to_vec(&json!({"games": 8, "start_at": start_at, "duration_s": 600})).unwrap();
+    let r = c
+        .api()
+        .send("POST", "/v1/pool/reservations", Some(body))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pool = c
+        .wait_pool("two VMs Ready for the reserved games", SETTLE, |p| {
+            ready_count(p) == 2
+        })
+        .await;
+    assert_eq!(pool["inputs"]["reserved"], 8.0, "{pool}");
+    assert_eq!(pool["games"]["placed"], 0, "no game has arrived yet");
+    // The burst lands on warm VMs: every game is placed at once.
+    for i in 0..8 {
+        let r = c.api().put_game(&format!("t{i}")).await;
+        assert_eq!(r.body["state"], "placed", "{}", r.body);
+    }
+}
