@@ -101,7 +101,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `WARMPOOL_LOG` (both binaries).
+pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WARMPOOL_LOG")
         .unwrap_or_else(|_| EnvFilter::new("warn,warmpool=info,warmpool_agent=info"));

@@ -193,36 +193,7 @@ impl Cluster {
 
     /// Live agent processes of this pool: vm_id -> pid.
     fn agents(&self) -> HashMap<String, i32> {
-        let mut out = HashMap::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if !args.first().is_some_and(|a| a.ends_with("warmpool-agent")) {
-                continue;
-            }
-            let value = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
-            if value("--pool").as_deref() == Some(self.pool.as_str()) {
-                if let Some(vm) = value("--vm-id") {
-                    // The agent forks helpers (the sandbox reaper) that share its command line
-                    // until they exec: keep the lowest pid, the agent itself.
-                    let e = out.entry(vm).or_insert(pid);
-                    *e = (*e).min(pid);
-                }
-            }
-        }
-        out
+        warmpool::pool::local::agent_processes(&self.pool)
     }
 
     /// The invariants, once things settled: every execution in `ids` is final, every VM's

@@ -6,13 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = warmpool_agent::worker::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARMPOOL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,warmpool=info,warmpool_agent=info")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    warmpool::cli::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

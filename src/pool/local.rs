@@ -165,7 +165,9 @@ fn find_agents(pool: &str, vm_id: Option<&str>) -> Vec<i32> {
         .collect()
 }
 
-/// (vm_id, pid) of every live `warmpool-agent --vm-id ID --pool POOL` process.
+/// (vm_id, pid) of every live `warmpool-agent --vm-id ID --pool POOL` process. The agent's
+/// forked helpers (the sandbox reaper) share its command line until they exec, so a VM can
+/// show several pids: all are listed (delete kills them all).
 fn find_agent_vms(pool: &str) -> Vec<(String, i32)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -198,6 +200,17 @@ fn find_agent_vms(pool: &str) -> Vec<(String, i32)> {
         if let Some(vm) = value(b"--vm-id") {
             out.push((vm, pid));
         }
+    }
+    out
+}
+
+/// The agent process of each VM of `pool` on this machine: vm_id → pid (the lowest of the
+/// pids sharing its command line: the agent, not the helpers it forked).
+pub fn agent_processes(pool: &str) -> std::collections::HashMap<String, i32> {
+    let mut out = std::collections::HashMap::new();
+    for (vm, pid) in find_agent_vms(pool) {
+        let e = out.entry(vm).or_insert(pid);
+        *e = (*e).min(pid);
     }
     out
 }
