@@ -255,6 +255,9 @@ pub struct AgentOptions {
     pub slots: u32,
     pub boot_delay_ms: u64,
     pub sandbox: &'static str,
+    /// Sandbox uids: hostile tests use their own range, so a fork bomb's process limit is not
+    /// shared with other tests' sandboxes.
+    pub uid_base: u32,
 }
 
 impl Default for AgentOptions {
@@ -264,6 +267,7 @@ impl Default for AgentOptions {
             slots: 2,
             boot_delay_ms: 0,
             sandbox: "bwrap",
+            uid_base: 60_000,
         }
     }
 }
@@ -283,6 +287,7 @@ impl Agent {
             )
             .env("WARMPOOL_AGENT_SANDBOX", opts.sandbox)
             .env("WARMPOOL_HEARTBEAT_INTERVAL_MS", "200")
+            .env("WARMPOOL_SANDBOX_UID_BASE", opts.uid_base.to_string())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn the agent");
