@@ -169,11 +169,15 @@ impl Reconciler {
             &boots_ms.iter().map(|ms| ms / 1000.0).collect::<Vec<_>>(),
             s.default_boot_s,
         );
+        let (reserved, reserved_arrivals) = self.update_reservations(now, starts, boot_s).await?;
         let arrivals_per_s = if previous.measured_ms == 0 {
             0.0
         } else {
             let dt_s = now.saturating_sub(previous.measured_ms) as f64 / 1000.0;
-            let count = starts.saturating_sub(previous.starts) as f64;
+            // Games that arrived under a reservation are already counted as `reserved`.
+            let count = starts
+                .saturating_sub(previous.starts)
+                .saturating_sub(reserved_arrivals) as f64;
             sizing::smooth_rate(
                 previous.inputs.arrivals_per_s,
                 count,
@@ -181,7 +185,6 @@ impl Reconciler {
                 s.arrival_half_life_s,
             )
         };
-        let reserved = self.update_reservations(now, starts, boot_s).await?;
         let inputs = SizingInputs {
             games: placed as f64,
             pending: pending as f64,
@@ -286,11 +289,18 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Counts arrivals against open reservations, drops ended ones, returns `reserved`.
-    async fn update_reservations(&self, now: u64, starts: u64, boot_s: f64) -> StoreResult<f64> {
+    /// Counts arrivals against open reservations and drops ended ones. Returns `reserved` and
+    /// the arrivals that used reservations up since the last pass.
+    async fn update_reservations(
+        &self,
+        now: u64,
+        starts: u64,
+        boot_s: f64,
+    ) -> StoreResult<(f64, u64)> {
         let k = &self.store.keys;
         let all: HashMap<String, String> = self.store.client().hgetall(&k.reservations).await?;
         let mut open = Vec::new();
+        let mut added = 0;
         for (id, raw) in all {
             let Ok(mut stored) = serde_json::from_str::<StoredReservation>(&raw) else {
                 continue;
@@ -299,10 +309,10 @@ impl Reconciler {
                 let _: i64 = self.store.client().hdel(&k.reservations, &id).await?;
                 continue;
             }
-            if now >= stored.r.start_ms {
-                let base = *stored.starts_at_start.get_or_insert(starts);
-                stored.r.arrived =
-                    starts.saturating_sub(base).min(u64::from(stored.r.games)) as u32;
+            let first = stored.starts_at_start.is_none();
+            let n = sizing::count_arrivals(&mut stored.r, &mut stored.starts_at_start, starts, now);
+            added += n;
+            if n > 0 || (first && stored.starts_at_start.is_some()) {
                 let json = serde_json::to_string(&stored).unwrap_or_default();
                 let _: i64 = self
                     .store
@@ -312,7 +322,10 @@ impl Reconciler {
             }
             open.push(stored.r);
         }
-        Ok(sizing::reserved_now(&open, now, (boot_s * 1000.0) as u64))
+        Ok((
+            sizing::reserved_now(&open, now, (boot_s * 1000.0) as u64),
+            added,
+        ))
     }
 
     /// Carries out one action; `Ok(true)` when games went back to pending.

@@ -205,6 +205,28 @@ pub fn smooth_rate(prev_per_s: f64, count: f64, dt_s: f64, half_life_s: f64) -> 
     prev_per_s * keep + instant * (1.0 - keep)
 }
 
+/// Updates a reservation's `arrived` from the pool's game counter: games started since its
+/// start use it up, until its window ends (then it stays as it was). `starts_at_start` is the
+/// counter at the first observation at or after its start. Returns how many arrivals this
+/// update added, which the caller keeps out of the arrival rate: announced games are already
+/// counted as `reserved`, and counting them again as arrivals would buy the burst twice for a
+/// few half-lives after it lands.
+pub fn count_arrivals(
+    r: &mut Reservation,
+    starts_at_start: &mut Option<u64>,
+    starts: u64,
+    now_ms: u64,
+) -> u64 {
+    if now_ms < r.start_ms || now_ms >= r.start_ms + r.duration_ms {
+        return 0;
+    }
+    let base = *starts_at_start.get_or_insert(starts);
+    let arrived = starts.saturating_sub(base).min(u64::from(r.games)) as u32;
+    let added = arrived.saturating_sub(r.arrived);
+    r.arrived = r.arrived.max(arrived);
+    u64::from(added)
+}
+
 /// The 90th percentile of recent boot times (create → Ready), or `fallback_s` with no sample.
 pub fn boot_p90(samples_s: &[f64], fallback_s: f64) -> f64 {
     if samples_s.is_empty() {
@@ -286,6 +308,40 @@ mod tests {
         rate = smooth_rate(rate, 0.0, 10.0, 10.0);
         assert!((rate - 2.5).abs() < 1e-9, "{rate}");
         assert_eq!(smooth_rate(3.0, 5.0, 0.0, 10.0), 3.0);
+    }
+
+    #[test]
+    fn arrivals_use_up_a_reservation_only_inside_its_window() {
+        let mut r = Reservation {
+            reservation_id: "r".into(),
+            games: 10,
+            start_ms: 1_000,
+            duration_ms: 1_000,
+            arrived: 0,
+        };
+        let mut base = None;
+        assert_eq!(
+            count_arrivals(&mut r, &mut base, 100, 999),
+            0,
+            "not started"
+        );
+        assert_eq!(
+            count_arrivals(&mut r, &mut base, 100, 1_000),
+            0,
+            "the counter is noted"
+        );
+        assert_eq!(count_arrivals(&mut r, &mut base, 104, 1_500), 4);
+        assert_eq!(
+            count_arrivals(&mut r, &mut base, 120, 1_900),
+            6,
+            "capped at its games"
+        );
+        assert_eq!(r.arrived, 10);
+        assert_eq!(
+            count_arrivals(&mut r, &mut base, 150, 2_000),
+            0,
+            "the window ended"
+        );
     }
 
     #[test]

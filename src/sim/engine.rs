@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use crate::model::VmState;
 use crate::pool::plan::{plan, Action, PlanParams, Snapshot, VmView};
 use crate::pool::sizing::{
-    boot_p90, reserved_now, smooth_rate, Reservation, SizingInputs, SizingParams,
+    boot_p90, count_arrivals, reserved_now, smooth_rate, Reservation, SizingInputs, SizingParams,
 };
 use crate::routing::Placement;
 
@@ -125,7 +125,7 @@ struct ReservationState {
     announced_ms: Option<u64>,
     /// The count of started games at the first pass on or after the reservation's start: as
     /// the reconciler does, games started since then use the reservation up.
-    started_at_start: Option<usize>,
+    started_at_start: Option<u64>,
 }
 
 struct Pool<'a> {
@@ -337,6 +337,21 @@ impl<'a> Pool<'a> {
 
     fn reconcile(&mut self, now: u64) {
         self.run.passes += 1;
+        // As the reconciler does: reservations first, so the games that used one up stay out
+        // of the arrival rate (they are counted as `reserved` already).
+        let started = self.started as u64;
+        let mut reserved_arrivals = 0;
+        let known: Vec<Reservation> = self
+            .reservations
+            .iter_mut()
+            .filter(|r| r.announced_ms.is_none_or(|a| a <= now))
+            .map(|r| {
+                reserved_arrivals +=
+                    count_arrivals(&mut r.reservation, &mut r.started_at_start, started, now);
+                r.reservation.clone()
+            })
+            .collect();
+        self.rate_count = self.rate_count.saturating_sub(reserved_arrivals);
         if now > self.rate_at_ms {
             let dt_s = (now - self.rate_at_ms) as f64 / 1000.0;
             self.rate_per_s = smooth_rate(
@@ -352,22 +367,6 @@ impl<'a> Pool<'a> {
             self.boot_samples_s.make_contiguous(),
             self.s.boot_fallback_s,
         );
-        let started = self.started;
-        let known: Vec<Reservation> = self
-            .reservations
-            .iter_mut()
-            .filter(|r| r.announced_ms.is_none_or(|a| a <= now))
-            .map(|r| {
-                let mut reservation = r.reservation.clone();
-                if now >= reservation.start_ms {
-                    let base = *r.started_at_start.get_or_insert(started);
-                    reservation.arrived = u32::try_from(started - base)
-                        .unwrap_or(u32::MAX)
-                        .min(reservation.games);
-                }
-                reservation
-            })
-            .collect();
         let reserved = reserved_now(&known, now, ms(boot_s));
         let inputs = SizingInputs {
             games: f64::from(self.placed),
