@@ -68,6 +68,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.boot_delay_ms.to_string(),
         )
         .env("WARMPOOL_AGENT_SANDBOX", &args.sandbox)
+        // The narration plus the leader's scaling decisions; WARMPOOL_LOG overrides.
+        .env(
+            "WARMPOOL_LOG",
+            std::env::var("WARMPOOL_LOG")
+                .unwrap_or_else(|_| "warn,warmpool::pool::reconciler=info".into()),
+        )
         .env_remove("WARMPOOL_REDIS_URL")
         .env_remove("WARMPOOL_API_TOKENS")
         .stdout(Stdio::piped())
