@@ -267,7 +267,9 @@ pub fn reserved_now(reservations: &[Reservation], now_ms: u64, boot_ms: u64) -> 
         .iter()
         .filter(|r| now_ms + boot_ms >= r.start_ms && now_ms < r.start_ms + r.duration_ms)
         .map(|r| f64::from(r.games.saturating_sub(r.arrived)))
-        .sum()
+        // An empty f64 sum is -0.0; + 0.0 makes it print as 0.
+        .sum::<f64>()
+        + 0.0
 }
 
 #[cfg(test)]
@@ -363,6 +365,7 @@ mod tests {
         };
         let boot = 45_000;
         assert_eq!(reserved_now(std::slice::from_ref(&r), 54_999, boot), 0.0);
+        assert!(reserved_now(&[], 0, boot).is_sign_positive(), "0, not -0");
         assert_eq!(reserved_now(std::slice::from_ref(&r), 55_000, boot), 100.0);
         let mut partly = r.clone();
         partly.arrived = 70;
