@@ -72,10 +72,7 @@ pub struct ExecArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");
@@ -99,6 +96,20 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The tokio runtime of both binaries: `WARMPOOL_WORKER_THREADS` worker threads (default: one
+/// per CPU). A replica on one vCPU (Cloud Run's default) runs best with 1.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("WARMPOOL_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
 }
 
 /// Logs to stderr, filtered by `WARMPOOL_LOG` (both binaries).

@@ -88,7 +88,12 @@ pub async fn run(
     tasks.spawn(reconciler.run(shutdown.clone()));
 
     let app = api::router(state);
-    tracing::info!(addr = %listener.local_addr()?, pool = %config.pool, "listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        pool = %config.pool,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "listening"
+    );
     let serve_shutdown = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })

@@ -145,3 +145,55 @@ fn serve_names_what_is_missing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("WARMPOOL_POOL"));
 }
+
+#[test]
+fn worker_threads_follow_the_setting() {
+    let redis = RedisServer::start().unwrap();
+    for setting in ["1", "3"] {
+        let port = warmpool::redis_server::free_port().unwrap();
+        let mut serve = Command::new(warmpool_bin())
+            .arg("serve")
+            .env("WARMPOOL_REDIS_URL", redis.url())
+            .env("WARMPOOL_API_TOKENS", "t")
+            .env("WARMPOOL_PROVIDER", "none")
+            .env("WARMPOOL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WARMPOOL_WORKER_THREADS", setting)
+            .env("WARMPOOL_LOG", "warn,warmpool=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The replica logs its worker count when it starts listening.
+        let stderr = BufReader::new(serve.stderr.take().unwrap());
+        let line = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening"))
+            .expect("a listening line");
+        let _ = serve.kill();
+        let _ = serve.wait();
+        assert_eq!(
+            line_value(&line, "worker_threads").as_deref(),
+            Some(setting),
+            "WARMPOOL_WORKER_THREADS={setting}: {line}"
+        );
+    }
+}
+
+/// The value of `name=value` in a log line (ANSI colour codes stripped).
+fn line_value(line: &str, name: &str) -> Option<String> {
+    let mut clean = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            clean.push(c);
+        }
+    }
+    let at = clean.find(&format!("{name}="))? + name.len() + 1;
+    Some(clean[at..].split_whitespace().next()?.to_string())
+}

@@ -7,10 +7,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = warmpool_agent::worker::Cli::parse();
     warmpool::cli::init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match warmpool::cli::runtime() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");
