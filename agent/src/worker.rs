@@ -86,6 +86,10 @@ pub struct Settings {
     /// Size of each execution's tmpfs work directory.
     #[arg(long, env = "WARMPOOL_SANDBOX_WORK_MB", default_value_t = 64)]
     pub work_dir_mb: u64,
+    /// Per-execution cgroups (memory and process limits): `auto` (use them if this host
+    /// allows, warn if not), `required` (refuse to start without them) or `off`.
+    #[arg(long, env = "WARMPOOL_SANDBOX_CGROUPS", default_value = "auto")]
+    pub sandbox_cgroups: String,
     /// How long ended execution records stay readable (must match the orchestrator's).
     #[arg(long, env = "WARMPOOL_RESULT_TTL_S", default_value_t = 86_400)]
     pub result_ttl_s: u64,
@@ -135,6 +139,11 @@ async fn make_sandbox(s: &Settings) -> anyhow::Result<Sandbox> {
         uid_base: s.uid_base,
         slots: s.slots.max(1) as usize,
         work_dir_mb: s.work_dir_mb,
+        cgroups: s
+            .sandbox_cgroups
+            .parse()
+            .map_err(|e| anyhow::anyhow!("WARMPOOL_SANDBOX_CGROUPS: {e}"))?,
+        ..SandboxConfig::default()
     })
     .await
     .context("sandbox probe failed; refusing to run untrusted code")

@@ -7,12 +7,16 @@
 //! proved, through the public API, that the sandbox runs them as a non-root uid with only `lo`
 //! and a process limit: on a host where that fails they refuse to run rather than loose a fork
 //! bomb on it.
+//!
+//! The cgroup tests need per-execution cgroups (root, and a cgroup filesystem the agent may
+//! write): where the probe finds none they print `SKIPPED` with the reason instead of passing
+//! silently.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
-use warmpool_agent::sandbox::{Backend, Sandbox, SandboxConfig};
+use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
 
 /// One uid range per test (slots never exceed 4).
 mod uids {
@@ -32,6 +36,12 @@ mod uids {
     pub const MEMORY: u32 = 61_130;
     pub const PROCESS: u32 = 61_140;
     pub const CANCEL: u32 = 61_150;
+    pub const OOM: u32 = 61_160;
+    pub const NODE_SMALL: u32 = 61_170;
+    pub const PIDS: u32 = 61_180;
+    pub const CLEANUP: u32 = 61_190;
+    pub const REQUIRED: u32 = 61_200;
+    pub const CPU_KILLED: u32 = 61_210;
 }
 
 fn limits() -> Limits {
@@ -75,6 +85,7 @@ async fn sandbox_on(backend: Backend, uid_base: u32, slots: usize) -> Sandbox {
         uid_base,
         slots,
         work_dir_mb: 16,
+        ..SandboxConfig::default()
     })
     .await
     .unwrap_or_else(|e| panic!("the {backend} sandbox does not start on this machine: {e:?}"))
@@ -82,6 +93,59 @@ async fn sandbox_on(backend: Backend, uid_base: u32, slots: usize) -> Sandbox {
 
 async fn sandbox(uid_base: u32, slots: usize) -> Sandbox {
     sandbox_on(Backend::Bwrap, uid_base, slots).await
+}
+
+/// A one-slot bwrap sandbox with cgroups in `mode`.
+async fn sandbox_with_cgroups(uid_base: u32, mode: CgroupMode) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        uid_base,
+        slots: 1,
+        work_dir_mb: 16,
+        cgroups: mode,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"))
+}
+
+/// `true` if the sandbox has the cgroup controller `what` needs; else prints why the test is
+/// skipped, so that a machine without cgroups never looks like a pass.
+fn cgroups_or_skip(sandbox: &Sandbox, test: &str, needs: fn(&CgroupProtections) -> bool) -> bool {
+    match sandbox.cgroups() {
+        Some(p) if needs(&p) => true,
+        other => {
+            eprintln!(
+                "SKIPPED {test}: the per-execution cgroup it needs is not available on this                  machine (probe found {other:?}; run as root with a writable cgroup filesystem;                  see the agent's log for the reason)"
+            );
+            false
+        }
+    }
+}
+
+/// Every cgroup directory under /sys/fs/cgroup (all hierarchies) named `wp-<uid>-…` for a uid
+/// of the range starting at `uid_base`.
+fn cgroups_of(uid_base: u32) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, depth: u32, prefixes: &[String], found: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            // Not following symlinks (cpu,cpuacct aliases): each directory is seen once.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| name.starts_with(p)) {
+                found.push(entry.path());
+            } else if depth > 0 {
+                walk(&entry.path(), depth - 1, prefixes, found);
+            }
+        }
+    }
+    let prefixes: Vec<String> = (0..4).map(|i| format!("wp-{}-", uid_base + i)).collect();
+    let mut found = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, &prefixes, &mut found);
+    found
 }
 
 async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
@@ -368,7 +432,8 @@ async fn files_of_one_execution_are_not_visible_to_the_next() {
 
 #[tokio::test]
 async fn a_fork_bomb_is_contained_by_the_process_limit() {
-    let sandbox = sandbox(uids::FORK_BOMB, 1).await;
+    // Without cgroups: RLIMIT_NPROC alone (the fallback) must hold it.
+    let sandbox = sandbox_with_cgroups(uids::FORK_BOMB, CgroupMode::Off).await;
     assert_isolated(&sandbox, uids::FORK_BOMB).await;
     // The bomb, then a second of waiting (builtins only: forking fails at the limit), then a
     // count of the processes it managed to make, with builtins too.
@@ -457,14 +522,190 @@ async fn jobs_the_system_cannot_run_are_errors_with_a_kind() {
 }
 
 #[tokio::test]
-async fn allocating_past_the_memory_limit_fails_inside_the_program() {
-    let sandbox = sandbox(uids::MEMORY, 1).await;
+async fn without_cgroups_allocating_past_the_memory_limit_fails_inside_the_program() {
+    let sandbox = sandbox_with_cgroups(uids::MEMORY, CgroupMode::Off).await;
+    assert_eq!(sandbox.cgroups(), None);
     let mut job = python("x = bytearray(512 * 1024 * 1024)\nprint('allocated')\n");
     job.limits.memory_mb = 128;
     let result = run(&sandbox, &job).await;
-    // RLIMIT_AS makes the allocation fail: a runtime error, not (yet) memory_limit.
+    // The fallback: RLIMIT_AS makes the allocation fail, which the runtime reports its own
+    // way: a runtime error, not memory_limit.
     assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
     assert!(result.stderr.contains("MemoryError"), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
+    let sandbox = sandbox_with_cgroups(uids::OOM, CgroupMode::Auto).await;
+    if !cgroups_or_skip(&sandbox, "memory bomb", |p| p.memory) {
+        return;
+    }
+    assert_isolated(&sandbox, uids::OOM).await;
+    // Filled bytes, so every page is really touched (untouched zero pages cost nothing).
+    let mut job =
+        python("print('start', flush=True)\nx = []\nwhile True:\n    x.append(b'x' * (1 << 20))\n");
+    job.limits.memory_mb = 64;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::MemoryLimit, "{result:?}");
+    assert_eq!(result.signal, Some(9), "{result:?}");
+    assert_eq!(result.stdout, "start\n", "{result:?}");
+    // The cgroup's peak: at the limit, never above it.
+    let limit_kb = 64 * 1024;
+    assert!(
+        result.memory_kb >= limit_kb * 3 / 4 && result.memory_kb <= limit_kb,
+        "peak {} KiB for a {limit_kb} KiB limit: {result:?}",
+        result.memory_kb
+    );
+    assert!(result.wall_time_ms < 5_000, "{result:?}");
+    assert_eq!(cgroups_of(uids::OOM), Vec::<std::path::PathBuf>::new());
+
+    // Within the limit the same sandbox runs normally, and reports a peak below it.
+    let result = run(&sandbox, &python("x = b'x' * (8 << 20)\nprint(len(x))\n")).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert!(
+        result.memory_kb > 8 * 1024 && result.memory_kb < 512 * 1024,
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn node_runs_at_a_normal_memory_limit_under_the_memory_cgroup() {
+    let sandbox = sandbox_with_cgroups(uids::NODE_SMALL, CgroupMode::Auto).await;
+    if !cgroups_or_skip(&sandbox, "node at 128 MB", |p| p.memory) {
+        return;
+    }
+    if !sandbox.languages().iter().any(|l| l.name == "javascript") {
+        eprintln!("SKIPPED node at 128 MB: node is not installed on this machine");
+        return;
+    }
+    // V8 reserves ~1 GB of address space: under RLIMIT_AS alone it could not start at 128 MB.
+    let mut job = job_js("console.log(1)");
+    job.limits.memory_mb = 128;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert_eq!(result.stdout, "1\n", "{result:?}");
+    assert!(result.memory_kb < 128 * 1024, "{result:?}");
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
+    let sandbox = sandbox_with_cgroups(uids::PIDS, CgroupMode::Auto).await;
+    if !cgroups_or_skip(&sandbox, "fork bomb under pids.max", |p| p.pids) {
+        return;
+    }
+    assert_isolated(&sandbox, uids::PIDS).await;
+    // RLIMIT_NPROC is only a backstop above pids.max here: printed first, so the count below
+    // shows which limit held.
+    let mut job = bash(
+        "echo \"nproc $(ulimit -u)\"\n\
+         :(){ :|:& };:\n\
+         end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
+         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo \"processes $n\"\n",
+    );
+    job.limits.wall_time_ms = 4_000;
+    job.limits.max_output_bytes = 4_096;
+    let result = run(&sandbox, &job).await;
+    let mut lines = result.stdout.lines();
+    let nproc: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("nproc "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no nproc line: {result:?}"));
+    assert!(
+        nproc > 64,
+        "RLIMIT_NPROC {nproc} would hide pids.max: {result:?}"
+    );
+    assert!(
+        result.stderr.contains("Resource temporarily unavailable"),
+        "the process limit was never hit: {result:?}"
+    );
+    // pids.max (64) counts the reaper shim, bwrap and its init too: fewer are visible inside.
+    if let Some(count) = lines.next().and_then(|l| l.strip_prefix("processes ")) {
+        let count: u64 = count.trim().parse().unwrap();
+        assert!(count <= 64, "{count} processes: more than pids.max");
+    }
+    assert_eq!(leftovers_of(uids::PIDS).await, Vec::<u32>::new());
+    assert_eq!(cgroups_of(uids::PIDS), Vec::<std::path::PathBuf>::new());
+    let result = run(&sandbox, &bash("echo fine")).await;
+    assert_eq!(result.stdout, "fine\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn no_cgroup_is_left_after_runs_that_end_in_every_way() {
+    let sandbox = sandbox_with_cgroups(uids::CLEANUP, CgroupMode::Auto).await;
+    if !cgroups_or_skip(&sandbox, "cgroup clean-up", |_| true) {
+        return;
+    }
+    let ok = run(&sandbox, &bash("echo ok")).await;
+    assert_eq!(ok.outcome, Outcome::Ok, "{ok:?}");
+    let mut job = bash("setsid sleep 100 </dev/null >/dev/null 2>&1 & sleep 100");
+    job.limits.wall_time_ms = 300;
+    let killed = run(&sandbox, &job).await;
+    assert_eq!(killed.outcome, Outcome::TimeLimit, "{killed:?}");
+    assert_eq!(cgroups_of(uids::CLEANUP), Vec::<std::path::PathBuf>::new());
+
+    // A cancelled run's cgroup goes too, once its processes are dead.
+    job.limits.wall_time_ms = 60_000;
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), sandbox.run(&job)).await;
+    assert!(abandoned.is_err(), "the run should still have been going");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !cgroups_of(uids::CLEANUP).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cgroups_of(uids::CLEANUP), Vec::<std::path::PathBuf>::new());
+    assert_eq!(leftovers_of(uids::CLEANUP).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn cpu_time_of_a_killed_sandbox_is_counted_by_its_cgroup() {
+    let sandbox = sandbox_with_cgroups(uids::CPU_KILLED, CgroupMode::Auto).await;
+    if !cgroups_or_skip(&sandbox, "cpu accounting", |p| p.cpu_accounting) {
+        return;
+    }
+    // Killed at the wall-clock limit: without cgroups the reaper's rusage would show only
+    // bwrap's own few milliseconds (the namespace's processes are reaped by the kernel).
+    let mut job = python("while True:\n    pass\n");
+    job.limits.wall_time_ms = 1_500;
+    job.limits.cpu_time_ms = 10_000;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert!(result.cpu_time_ms >= 200, "{result:?}");
+    assert!(
+        result.cpu_time_ms <= result.wall_time_ms * 2 + 100,
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn required_cgroups_that_cannot_be_used_stop_the_start_with_a_clear_error() {
+    let config = SandboxConfig {
+        uid_base: uids::REQUIRED,
+        slots: 1,
+        work_dir_mb: 16,
+        cgroups: CgroupMode::Required,
+        cgroup_fs: "/nonexistent/cgroup".into(),
+        ..SandboxConfig::default()
+    };
+    let err = match Sandbox::new(config.clone()).await {
+        Ok(_) => panic!("a sandbox started without the cgroups it requires"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), "cgroups_unavailable");
+    let message = err.to_string();
+    assert!(
+        message.contains("required") && message.contains("/nonexistent/cgroup"),
+        "{message}"
+    );
+    // Auto on the same host starts, without cgroups, and says so.
+    let sandbox = Sandbox::new(SandboxConfig {
+        cgroups: CgroupMode::Auto,
+        ..config
+    })
+    .await
+    .unwrap_or_else(|e| panic!("auto mode must start without cgroups: {e:?}"));
+    assert_eq!(sandbox.cgroups(), None);
+    let result = run(&sandbox, &bash("echo ok")).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
 }
 
 #[tokio::test]

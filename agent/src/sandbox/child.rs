@@ -5,7 +5,7 @@
 //!    fork and exec only async-signal-safe calls are allowed: the agent is multi-threaded, and a
 //!    lock held by another thread at fork time would never be released in the child.
 //! 2. In the child ([`Setup::apply`]): new session (so one `kill(-pgid)` reaches the whole
-//!    process group), rlimits, every inherited fd but the job's memfds marked close-on-exec,
+//!    process group), joining the execution's cgroup (see `cgroup`), rlimits, every inherited fd but the job's memfds marked close-on-exec,
 //!    supplementary groups, gid and uid dropped, parent-death signal set; for bwrap, a fork
 //!    into the reaper [`shim`] and bwrap; then exec.
 //! 3. The parent watches a pidfd for the exit, a millisecond deadline, and stdout and stderr
@@ -30,8 +30,10 @@
 //! - When the sandbox is killed, its CPU time and peak memory are lower bounds (often just
 //!   bwrap's own): a dying pid-namespace init has the kernel reap the processes it kills
 //!   without adding their usage to anyone. The outcome does not depend on them then (the kill
-//!   decided it). TODO(cgroups issue): per-execution cgroup counters are exact.
+//!   decided it). With per-execution cgroups (see `cgroup`) the caller replaces them with the
+//!   cgroup's counters, which are exact.
 
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -51,6 +53,10 @@ use super::{bwrap, SandboxError};
 /// Processes (threads count too) per slot uid. Enough for node's worker threads and a shell
 /// pipeline; few enough that a fork bomb stalls at once.
 pub(super) const NPROC_LIMIT: u64 = 64;
+/// `RLIMIT_NPROC` when the pids cgroup already limits each execution (`cgroup::PIDS_MAX`): a
+/// per-uid backstop, set above the cgroup's limit so that the per-execution limit is the one a
+/// fork bomb meets.
+pub(super) const NPROC_BACKSTOP: u64 = 2 * NPROC_LIMIT;
 /// Open files per process.
 const NOFILE_LIMIT: u64 = 256;
 /// After killing bwrap's init, how long before the whole process group is killed as well.
@@ -65,7 +71,9 @@ const MIB: u64 = 1024 * 1024;
 /// The rlimits of one execution, applied to bwrap and inherited by everything inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Rlimits {
-    pub address_space_bytes: u64,
+    /// `None` (unlimited) when a memory cgroup bounds the execution: address space is not
+    /// memory, and runtimes such as node reserve far more of it than they use.
+    pub address_space_bytes: Option<u64>,
     /// SIGXCPU at the soft limit, SIGKILL at the hard one; both whole seconds.
     pub cpu_soft_s: u64,
     pub cpu_hard_s: u64,
@@ -77,13 +85,26 @@ pub(super) struct Rlimits {
 impl Rlimits {
     /// Worked example: `cpu_time_ms` 1500 gives SIGXCPU at 2 s of CPU and SIGKILL at 3 s; the
     /// measured 1.5 s is checked to the millisecond afterwards (see `outcome`).
-    pub fn for_limits(limits: &Limits, work_dir_mb: u64) -> Self {
+    ///
+    /// `address_space_mb` is `None` when a memory cgroup bounds the execution, else the job's
+    /// `memory_mb` plus its runtime's address-space allowance. `pids_cgroup`: a pids cgroup
+    /// bounds the execution, so `RLIMIT_NPROC` is only a backstop.
+    pub fn for_limits(
+        limits: &Limits,
+        work_dir_mb: u64,
+        address_space_mb: Option<u64>,
+        pids_cgroup: bool,
+    ) -> Self {
         let cpu_soft_s = limits.cpu_time_ms.div_ceil(1000).max(1);
         Self {
-            address_space_bytes: limits.memory_mb.saturating_mul(MIB),
+            address_space_bytes: address_space_mb.map(|mb| mb.saturating_mul(MIB)),
             cpu_soft_s,
             cpu_hard_s: cpu_soft_s + 1,
-            nproc: Some(NPROC_LIMIT),
+            nproc: Some(if pids_cgroup {
+                NPROC_BACKSTOP
+            } else {
+                NPROC_LIMIT
+            }),
             file_size_bytes: work_dir_mb.saturating_mul(MIB),
             nofile: NOFILE_LIMIT,
         }
@@ -106,6 +127,9 @@ pub(super) struct Setup {
     /// File descriptors the program must inherit (the job's memfds); everything else is closed
     /// on exec.
     pub inherit: Vec<RawFd>,
+    /// The `cgroup.procs` files of the execution's cgroup (one per v1 hierarchy), which the
+    /// child writes itself into first. Empty without cgroups.
+    pub cgroup_procs: Vec<CString>,
     /// Set by [`run`] for [`Kind::Bwrap`]: fork a reaper shim that reports the sandbox's
     /// resource usage on this pipe (see [`shim`]).
     report_fd: Option<RawFd>,
@@ -117,6 +141,7 @@ impl Setup {
             credentials,
             rlimits,
             inherit,
+            cgroup_procs: Vec::new(),
             report_fd: None,
         }
     }
@@ -143,13 +168,26 @@ impl Setup {
         if unsafe { libc::setsid() } == -1 {
             return Err(io::Error::last_os_error());
         }
+        // Into the execution's cgroup while still root (cgroup.procs is root's), and before
+        // anything is forked or exec'd, so every process of the sandbox starts inside it.
+        // "0" means the writer itself.
+        for path in &self.cgroup_procs {
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            if fd == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+            let error = (written != 1).then(io::Error::last_os_error);
+            unsafe { libc::close(fd) };
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
         // Set while still root, so even a hard limit below the agent's own can be set.
         let r = &self.rlimits;
-        set_rlimit!(
-            libc::RLIMIT_AS,
-            r.address_space_bytes,
-            r.address_space_bytes
-        );
+        if let Some(bytes) = r.address_space_bytes {
+            set_rlimit!(libc::RLIMIT_AS, bytes, bytes);
+        }
         set_rlimit!(libc::RLIMIT_CPU, r.cpu_soft_s, r.cpu_hard_s);
         if let Some(n) = r.nproc {
             set_rlimit!(libc::RLIMIT_NPROC, n, n);
@@ -308,6 +346,9 @@ pub(super) struct Finished {
     pub stdout: Captured,
     pub stderr: Captured,
     pub internal_error: Option<String>,
+    /// The memory cgroup OOM-killed a process of the sandbox (set by the caller, which owns
+    /// the cgroup).
+    pub oom_killed: bool,
 }
 
 impl Finished {
@@ -337,6 +378,9 @@ pub(super) async fn run(
         Kind::Process => None,
     };
     setup.report_fd = report.as_ref().map(|(_, write)| write.as_raw_fd());
+    // With a cgroup the caller takes CPU and memory from its counters: a shim killed before it
+    // could report (the OOM killer may pick it too) is then no failure of ours.
+    let report_required = setup.cgroup_procs.is_empty();
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: apply makes only async-signal-safe calls and allocates nothing.
     unsafe {
@@ -454,7 +498,9 @@ pub(super) async fn run(
     // include its copy of the agent's memory.
     let usage = match report_rx {
         Some(rx) => status.and_then(|_| read_report(rx)).or_else(|| {
-            internal_error.get_or_insert("the reaper shim sent no resource usage".into());
+            if report_required {
+                internal_error.get_or_insert("the reaper shim sent no resource usage".into());
+            }
             None
         }),
         None => usage,
@@ -469,6 +515,7 @@ pub(super) async fn run(
         stdout,
         stderr,
         internal_error,
+        oom_killed: false,
     })
 }
 

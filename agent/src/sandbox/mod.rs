@@ -13,16 +13,20 @@
 //! | another execution's files | job files go from memory into a memfd and from there straight into this execution's own tmpfs (`--file`); nothing is written to the host disk, and the tmpfs vanishes with the sandbox |
 //! | another execution's file descriptors | memfds are created close-on-exec; the flag is cleared only in the forked child, after every other inherited fd was marked close-on-exec, so concurrent spawns never see each other's files |
 //! | the agent's environment (secrets) | the child's environment is cleared before `bwrap`, and `--clearenv` plus an allow-list inside |
-//! | CPU | `RLIMIT_CPU` (whole seconds, SIGXCPU then SIGKILL) and the measured CPU time checked to the millisecond |
+//! | CPU | `RLIMIT_CPU` (whole seconds, SIGXCPU then SIGKILL) and the measured CPU time checked to the millisecond; with cgroups the measure is the cgroup's (`cpuacct.usage` / `cpu.stat`), exact even for a killed sandbox |
 //! | wall clock | a millisecond deadline, then SIGKILL to bwrap and its pid-namespace init: the kernel kills everything in the namespace, daemons included |
-//! | memory | `RLIMIT_AS` per process. Crude: it bounds address space, not memory, per process; node (V8) reserves ~800 MB of address space at start and cannot run below that. TODO(cgroups issue): a memory cgroup per execution, which also gives a reliable `memory_limit` outcome |
-//! | fork bombs | `RLIMIT_NPROC`, per uid: it holds because the uid is not root, and one uid per slot keeps one execution from starving another |
+//! | memory | a memory cgroup per execution (`memory_mb`, no swap): going over it gets the program OOM-killed and the outcome `memory_limit`, and the peak is the cgroup's. `RLIMIT_AS` is then off (address space is not memory; node reserves ~1 GB of it). Without a memory cgroup, the fallback is `RLIMIT_AS` per process at `memory_mb` + the runtime's `address_space_extra_mb`: crude, and an allocation failure is a `runtime_error` |
+//! | fork bombs | a pids cgroup per execution (`pids.max` 64 tasks); `RLIMIT_NPROC` per uid (64, or 128 as a backstop when the pids cgroup is in force): it holds because the uid is not root, and one uid per slot keeps one execution from starving another |
 //! | disk | the tmpfs sizes and `RLIMIT_FSIZE` |
 //! | output floods | stdout and stderr are each read through a buffer capped at `max_output_bytes`; past it the sandbox is killed |
 //! | the agent dying | `PR_SET_PDEATHSIG` on the reaper shim and on bwrap, and bwrap's `--die-with-parent` inside |
 //! | leftover processes | a reaper shim (a child subreaper between the agent and bwrap) reaps every process of the sandbox, and reports their CPU time and peak memory, before the execution counts as finished |
 //!
-//! Not yet: a seccomp filter (bwrap `--seccomp`), cgroup limits (memory, pids, CPU share).
+//! Cgroups (see `cgroup`) are probed at start-up: v2 or v1, and which controllers this agent can
+//! use. [`CgroupMode::Auto`] uses what there is and warns about the rest (the fallbacks in the
+//! table then apply); [`CgroupMode::Required`] refuses to start without memory and pids.
+//!
+//! Not yet: a seccomp filter (bwrap `--seccomp`), a CPU share per execution (`cpu.max`).
 //!
 //! The [`Backend::Process`] backend runs the same command with the same rlimits, timeouts and
 //! output caps in a fresh temporary directory, and isolates nothing. It exists for development on
@@ -30,6 +34,7 @@
 //!
 //! # Layout
 //! - `bwrap`: the bubblewrap command line, and how to kill a bwrap sandbox cleanly.
+//! - `cgroup`: the per-execution cgroup (v1 or v2): probe, limits, counters, removal.
 //! - `process`: the unsandboxed development backend's working directory.
 //! - `child`: fork, rlimits and privilege drop, then supervising the child (deadline, output
 //!   caps, exit) and reaping it with its resource usage.
@@ -38,6 +43,7 @@
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
 
 mod bwrap;
+mod cgroup;
 mod child;
 mod outcome;
 mod output;
@@ -45,12 +51,15 @@ mod probe;
 mod process;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Mutex;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use warmpool::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
 use warmpool::runtimes::{self, RuntimeSpec, CATALOG};
+
+pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
 
 /// Which sandbox runs the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +112,12 @@ pub struct SandboxConfig {
     pub slots: usize,
     /// Size of each execution's `/work` tmpfs (and of its `/tmp`), and its `RLIMIT_FSIZE`.
     pub work_dir_mb: u64,
+    /// Whether each execution runs in its own cgroup (memory and process limits, exact
+    /// accounting). Default `Auto`.
+    pub cgroups: CgroupMode,
+    /// Where the cgroup filesystems are mounted: `/sys/fs/cgroup` (v2 there, or one directory
+    /// per v1 controller). Changed by tests, and for hosts that mount them elsewhere.
+    pub cgroup_fs: PathBuf,
 }
 
 impl Default for SandboxConfig {
@@ -112,6 +127,8 @@ impl Default for SandboxConfig {
             uid_base: 60_000,
             slots: 4,
             work_dir_mb: 64,
+            cgroups: CgroupMode::Auto,
+            cgroup_fs: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }
@@ -127,6 +144,8 @@ pub enum SandboxError {
          `process` backend for development only"
     )]
     BwrapMissing,
+    #[error("per-execution cgroups are unavailable: {0}")]
+    Cgroups(String),
     #[error("the sandbox probe failed: {0}")]
     ProbeFailed(String),
     #[error("language {0:?} is not available on this VM")]
@@ -149,6 +168,7 @@ impl SandboxError {
         match self {
             Self::Config(_) => "invalid_config",
             Self::BwrapMissing => "sandbox_unavailable",
+            Self::Cgroups(_) => "cgroups_unavailable",
             Self::ProbeFailed(_) => "probe_failed",
             Self::LanguageUnavailable(_) => "language_unavailable",
             Self::InvalidJob(_) => "invalid_job",
@@ -162,6 +182,8 @@ impl SandboxError {
 pub struct Sandbox {
     cfg: SandboxConfig,
     launcher: Launcher,
+    /// Where execution cgroups are made; `None` without cgroups.
+    cgroups: Option<cgroup::Cgroups>,
     slots: Slots,
     /// The catalog runtimes this VM can run, with the version each reported at start-up.
     available: Vec<(&'static RuntimeSpec, String)>,
@@ -179,16 +201,21 @@ struct Plan<'a> {
     argv: Vec<String>,
     files: &'a [FileSpec],
     stdin: &'a [u8],
+    /// The job's limits, as asked.
     limits: Limits,
+    /// Added to `memory_mb` for `RLIMIT_AS` when no memory cgroup bounds the execution.
+    address_space_extra_mb: u64,
 }
 
 impl Sandbox {
     /// Checks the configuration, then probes the host: the backend works (a probe program in a
     /// real sandbox must see a non-root uid, no capabilities, only `lo`, only its own processes
     /// and the process limit), and which catalog runtimes exist and their versions (each asked
-    /// inside the sandbox, so a runtime that cannot start there is not offered).
+    /// inside the sandbox, so a runtime that cannot start there is not offered). Before those,
+    /// the cgroups: which version, which controllers this agent can use (see [`CgroupMode`]).
     pub async fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         validate_config(&cfg)?;
+        let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs)?;
         let launcher = match cfg.backend {
             Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate()?),
             Backend::Process => {
@@ -204,6 +231,7 @@ impl Sandbox {
             slots: Slots::new(cfg.slots),
             cfg,
             launcher,
+            cgroups,
             available: Vec::new(),
         };
         if matches!(sandbox.launcher, Launcher::Bwrap(_)) {
@@ -234,6 +262,12 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// What the per-execution cgroups enforce here; `None` when executions run without cgroups
+    /// (then memory is bounded by `RLIMIT_AS` and processes by `RLIMIT_NPROC` only).
+    pub fn cgroups(&self) -> Option<CgroupProtections> {
+        self.cgroups.as_ref().map(cgroup::Cgroups::protections)
+    }
+
     /// The languages this VM can run, with their versions.
     pub fn languages(&self) -> Vec<LanguageInfo> {
         self.available
@@ -256,13 +290,12 @@ impl Sandbox {
             .filter(|spec| self.available.iter().any(|(s, _)| s.name == spec.name))
             .ok_or_else(|| SandboxError::LanguageUnavailable(job.language.clone()))?;
         validate_job(job, self.cfg.work_dir_mb)?;
-        let mut limits = job.limits;
-        limits.memory_mb = limits.memory_mb.saturating_add(spec.address_space_extra_mb);
         let plan = Plan {
             argv: command_for(spec, job),
             files: &job.files,
             stdin: job.stdin.as_bytes(),
-            limits,
+            limits: job.limits,
+            address_space_extra_mb: spec.address_space_extra_mb,
         };
         let result = self.execute(&plan).await;
         match &result {
@@ -285,29 +318,56 @@ impl Sandbox {
         result
     }
 
-    /// Takes a slot, prepares the backend's command, then runs and supervises it.
+    /// Takes a slot, makes the execution's cgroup, prepares the backend's command, then runs
+    /// and supervises it; with a cgroup, its counters replace the rusage figures.
     async fn execute(&self, plan: &Plan<'_>) -> Result<ExecutionResult, SandboxError> {
         let slot = self.slots.acquire().await;
         // validate_config checked that uid_base + slots fits in a u32.
         let uid = self.cfg.uid_base + slot.index as u32;
-        let rlimits = child::Rlimits::for_limits(&plan.limits, self.cfg.work_dir_mb);
-        match &self.launcher {
+        let protections = self.cgroups();
+        let memory_cgroup = protections.is_some_and(|p| p.memory);
+        let address_space_mb = (!memory_cgroup).then(|| {
+            plan.limits
+                .memory_mb
+                .saturating_add(plan.address_space_extra_mb)
+        });
+        let rlimits = child::Rlimits::for_limits(
+            &plan.limits,
+            self.cfg.work_dir_mb,
+            address_space_mb,
+            protections.is_some_and(|p| p.pids),
+        );
+        // Made before the fork and removed (on drop) if anything below fails.
+        let cgroup = self
+            .cgroups
+            .as_ref()
+            .map(|c| c.create(uid, plan.limits.memory_mb))
+            .transpose()
+            .map_err(|source| SandboxError::Prepare {
+                context: "creating the execution's cgroup",
+                source,
+            })?;
+        let cgroup_procs = cgroup
+            .as_ref()
+            .map(cgroup::ExecCgroup::procs_files)
+            .unwrap_or_default();
+        let (finished, decode, rlimits) = match &self.launcher {
             Launcher::Bwrap(bwrap) => {
                 // Kept open until the child has read them (bwrap copies them before the
                 // program starts), then closed with `files` at the end of this arm.
                 let files = bwrap::memfds(plan.files)?;
                 let command = bwrap.command(&plan.argv, &files, self.cfg.work_dir_mb);
                 let inherit = files.iter().map(bwrap::MemFile::raw_fd).collect();
-                let setup = child::Setup::new(Some(uid), rlimits, inherit);
+                let mut setup = child::Setup::new(Some(uid), rlimits, inherit);
+                setup.cgroup_procs = cgroup_procs;
                 let finished =
                     child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
                         .await?;
-                Ok(outcome::result(
+                (
                     finished,
-                    bwrap::decode_status,
-                    &plan.limits,
-                    &rlimits,
-                ))
+                    bwrap::decode_status as fn(libc::c_int) -> outcome::Termination,
+                    rlimits,
+                )
             }
             Launcher::Process => {
                 // Dropping to the slot uid needs root. A developer running the agent as
@@ -322,7 +382,8 @@ impl Sandbox {
                 };
                 let dir = process::WorkDir::create(plan.files, credentials)?;
                 let command = dir.command(&plan.argv);
-                let setup = child::Setup::new(credentials, rlimits, Vec::new());
+                let mut setup = child::Setup::new(credentials, rlimits, Vec::new());
+                setup.cgroup_procs = cgroup_procs;
                 let finished = child::run(
                     command,
                     setup,
@@ -332,14 +393,15 @@ impl Sandbox {
                 )
                 .await?;
                 drop(dir);
-                Ok(outcome::result(
+                (
                     finished,
-                    process::decode_status,
-                    &plan.limits,
-                    &rlimits,
-                ))
+                    process::decode_status as fn(libc::c_int) -> outcome::Termination,
+                    rlimits,
+                )
             }
-        }
+        };
+        let finished = with_cgroup_figures(finished, cgroup).await;
+        Ok(outcome::result(finished, decode, &plan.limits, &rlimits))
     }
 
     /// Proves the bwrap sandbox isolates before any job runs in it.
@@ -349,6 +411,7 @@ impl Sandbox {
             files: &[],
             stdin: b"",
             limits: probe::PROBE_LIMITS,
+            address_space_extra_mb: 0,
         };
         let result = self.execute(&plan).await.map_err(|e| {
             SandboxError::ProbeFailed(format!(
@@ -366,9 +429,12 @@ impl Sandbox {
             )));
         }
         let report = probe::parse_isolation(&result.stdout);
-        report
-            .check(child::NPROC_LIMIT)
-            .map_err(SandboxError::ProbeFailed)?;
+        let nproc = if self.cgroups().is_some_and(|p| p.pids) {
+            child::NPROC_BACKSTOP
+        } else {
+            child::NPROC_LIMIT
+        };
+        report.check(nproc).map_err(SandboxError::ProbeFailed)?;
         tracing::info!(?report, "sandbox isolation probe passed");
         Ok(())
     }
@@ -382,6 +448,7 @@ impl Sandbox {
             files: &[],
             stdin: b"",
             limits: probe::PROBE_LIMITS,
+            address_space_extra_mb: 0,
         };
         let result = self.execute(&plan).await.map_err(|e| error_chain(&e))?;
         if result.outcome != Outcome::Ok {
@@ -400,6 +467,26 @@ impl Sandbox {
         };
         probe::parse_version(text).ok_or_else(|| format!("no version in {:?}", text.trim()))
     }
+}
+
+/// The cgroup's counters in place of the rusage figures (exact, even for a killed sandbox),
+/// and whether it OOM-killed anything. The cgroup is emptied and removed on the way.
+async fn with_cgroup_figures(
+    mut finished: child::Finished,
+    cgroup: Option<cgroup::ExecCgroup>,
+) -> child::Finished {
+    let Some(cgroup) = cgroup else {
+        return finished;
+    };
+    let usage = cgroup.finish().await;
+    if let Some(ms) = usage.cpu_ms {
+        finished.cpu_ms = ms;
+    }
+    if let Some(kb) = usage.peak_kb {
+        finished.memory_kb = kb;
+    }
+    finished.oom_killed = usage.oom_kills > 0;
+    finished
 }
 
 /// `program args… ENTRY user_args…` for a job whose files were validated.

@@ -29,19 +29,27 @@ pub(super) struct Facts {
     pub termination: Option<Termination>,
     pub internal_error: bool,
     pub truncated: bool,
+    /// The memory cgroup OOM-killed a process of the sandbox.
+    pub oom_killed: bool,
     pub cpu_ms: u64,
     pub cpu_time_ms: u64,
     pub cpu_soft_s: u64,
 }
 
-/// Decides the outcome. In order: what made us kill it; a failure of ours; the CPU limit
-/// (SIGXCPU at the soft RLIMIT_CPU, SIGKILL once past it, or the measured CPU time over the
-/// millisecond limit); truncated output; then the exit status.
+/// Decides the outcome. In order: what made us kill it; a failure of ours; an OOM kill by the
+/// memory cgroup; the CPU limit (SIGXCPU at the soft RLIMIT_CPU, SIGKILL once past it, or the
+/// measured CPU time over the millisecond limit); truncated output; then the exit status.
 ///
-/// `memory_limit` is never decided here: under RLIMIT_AS an allocation just fails, and each
-/// runtime reports that its own way (Python raises MemoryError, node aborts, a C program gets
-/// NULL) — telling it apart from any other error would be a guess. TODO(cgroups issue): the
-/// memory cgroup's OOM events make it reliable.
+/// Why this order for memory: when we killed the sandbox (wall time, output), it was still
+/// running, so an OOM kill had not ended it — the first reason wins, as between our own
+/// reasons. An OOM kill comes before the CPU checks because its SIGKILL would otherwise read as
+/// the hard CPU rlimit's, and before the exit status because a program that survives the loss
+/// of a child (or catches the error) still went over its memory limit: any OOM kill in the
+/// cgroup is `memory_limit`, even with exit status 0.
+///
+/// Without a memory cgroup `memory_limit` is never decided: under RLIMIT_AS an allocation just
+/// fails, and each runtime reports that its own way (Python raises MemoryError, node aborts, a
+/// C program gets NULL) — telling it apart from any other error would be a guess.
 pub(super) fn decide(f: Facts) -> Outcome {
     match f.stop {
         Some(Stop::WallTime) => return Outcome::TimeLimit,
@@ -54,6 +62,9 @@ pub(super) fn decide(f: Facts) -> Outcome {
     };
     if f.internal_error {
         return Outcome::InternalError;
+    }
+    if f.oom_killed {
+        return Outcome::MemoryLimit;
     }
     let past_cpu_rlimit = f.cpu_ms >= f.cpu_soft_s.saturating_mul(1000);
     match termination {
@@ -89,6 +100,7 @@ pub(super) fn result(
         termination,
         internal_error: finished.internal_error.is_some(),
         truncated: stdout_truncated || stderr_truncated,
+        oom_killed: finished.oom_killed,
         cpu_ms: finished.cpu_ms,
         cpu_time_ms: limits.cpu_time_ms,
         cpu_soft_s: rlimits.cpu_soft_s,
@@ -122,6 +134,7 @@ mod tests {
         termination: Some(Exited(0)),
         internal_error: false,
         truncated: false,
+        oom_killed: false,
         cpu_ms: 20,
         cpu_time_ms: 1500,
         cpu_soft_s: 2,
@@ -220,6 +233,43 @@ mod tests {
             (
                 "output cut by conversion",
                 Facts {
+                    truncated: true,
+                    ..CLEAN
+                },
+                Outcome::OutputLimit,
+            ),
+            (
+                "OOM-killed by the memory cgroup",
+                Facts {
+                    termination: Some(Signaled(libc::SIGKILL)),
+                    oom_killed: true,
+                    cpu_ms: 3000,
+                    ..CLEAN
+                },
+                Outcome::MemoryLimit,
+            ),
+            (
+                "a child OOM-killed, the program exits 0",
+                Facts {
+                    oom_killed: true,
+                    ..CLEAN
+                },
+                Outcome::MemoryLimit,
+            ),
+            (
+                "wall clock first, then an OOM kill",
+                Facts {
+                    stop: Some(Stop::WallTime),
+                    oom_killed: true,
+                    ..CLEAN
+                },
+                Outcome::TimeLimit,
+            ),
+            (
+                "output flood first, then an OOM kill",
+                Facts {
+                    stop: Some(Stop::OutputLimit),
+                    oom_killed: true,
                     truncated: true,
                     ..CLEAN
                 },
