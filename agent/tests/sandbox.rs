@@ -42,6 +42,7 @@ mod uids {
     pub const CLEANUP: u32 = 61_190;
     pub const REQUIRED: u32 = 61_200;
     pub const CPU_KILLED: u32 = 61_210;
+    pub const HYBRID_V2: u32 = 61_220;
 }
 
 fn limits() -> Limits {
@@ -730,4 +731,51 @@ async fn the_process_backend_runs_the_same_jobs_with_the_same_limits() {
     let result = run(&sandbox, &job).await;
     assert_eq!(result.outcome, Outcome::OutputLimit);
     assert_eq!(result.stdout.len(), 1_000);
+}
+
+#[tokio::test]
+async fn on_a_v2_hierarchy_without_memory_or_pids_auto_mode_uses_what_there_is() {
+    // A hybrid host (v1 controllers, plus a v2 mount holding none of memory and pids) runs the
+    // v2 code on its real kernel: create, join, count CPU, kill, remove.
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let controllers = std::fs::read_to_string(unified.join("cgroup.controllers"));
+    if !controllers
+        .as_ref()
+        .is_ok_and(|c| !c.contains("memory") && !c.contains("pids"))
+    {
+        eprintln!(
+            "SKIPPED v2 without memory and pids: this machine has no such v2 mount at {} \
+             ({controllers:?})",
+            unified.display()
+        );
+        return;
+    }
+    let sandbox = Sandbox::new(SandboxConfig {
+        uid_base: uids::HYBRID_V2,
+        slots: 1,
+        work_dir_mb: 16,
+        cgroup_fs: unified.into(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("auto mode must start on a partial v2 hierarchy: {e:?}"));
+    let Some(protections) = sandbox.cgroups() else {
+        eprintln!("SKIPPED v2 without memory and pids: the agent may not create cgroups there");
+        return;
+    };
+    assert!(!protections.memory && !protections.pids && protections.cpu_accounting);
+    let mut job = python("while True:\n    pass\n");
+    job.limits.wall_time_ms = 1_000;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert!(result.cpu_time_ms >= 200, "the cgroup's count: {result:?}");
+    // No memory cgroup: RLIMIT_AS is still in force.
+    let mut job = python("x = bytearray(512 * 1024 * 1024)\n");
+    job.limits.memory_mb = 128;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
+    assert_eq!(
+        cgroups_of(uids::HYBRID_V2),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
