@@ -581,8 +581,14 @@ fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
         }
         let enable: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
         fs::write(parent.join("cgroup.subtree_control"), enable.join(" ")).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EBUSY) {
+                " (processes other than the agent live in that cgroup: cgroup v2 then refuses \
+                 limits for its children; run the agent as its container's main process)"
+            } else {
+                ""
+            };
             format!(
-                "cannot enable {} in {}: {e}",
+                "cannot enable {} in {}: {e}{hint}",
                 wanted.join(" "),
                 parent.join("cgroup.subtree_control").display()
             )

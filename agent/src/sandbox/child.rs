@@ -130,6 +130,9 @@ pub(super) struct Setup {
     /// The `cgroup.procs` files of the execution's cgroup (one per v1 hierarchy), which the
     /// child writes itself into first. Empty without cgroups.
     pub cgroup_procs: Vec<CString>,
+    /// The caller takes CPU time and peak memory from the cgroup's counters, so the reaper
+    /// shim's report is not needed.
+    pub usage_from_cgroup: bool,
     /// Set by [`run`] for [`Kind::Bwrap`]: fork a reaper shim that reports the sandbox's
     /// resource usage on this pipe (see [`shim`]).
     report_fd: Option<RawFd>,
@@ -142,6 +145,7 @@ impl Setup {
             rlimits,
             inherit,
             cgroup_procs: Vec::new(),
+            usage_from_cgroup: false,
             report_fd: None,
         }
     }
@@ -380,7 +384,7 @@ pub(super) async fn run(
     setup.report_fd = report.as_ref().map(|(_, write)| write.as_raw_fd());
     // With a cgroup the caller takes CPU and memory from its counters: a shim killed before it
     // could report (the OOM killer may pick it too) is then no failure of ours.
-    let report_required = setup.cgroup_procs.is_empty();
+    let report_required = !setup.usage_from_cgroup;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: apply makes only async-signal-safe calls and allocates nothing.
     unsafe {

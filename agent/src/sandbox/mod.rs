@@ -20,7 +20,7 @@
 //! | disk | the tmpfs sizes and `RLIMIT_FSIZE` |
 //! | output floods | stdout and stderr are each read through a buffer capped at `max_output_bytes`; past it the sandbox is killed |
 //! | the agent dying | `PR_SET_PDEATHSIG` on the reaper shim and on bwrap, and bwrap's `--die-with-parent` inside |
-//! | leftover processes | a reaper shim (a child subreaper between the agent and bwrap) reaps every process of the sandbox, and reports their CPU time and peak memory, before the execution counts as finished |
+//! | leftover processes | with cgroups, every task left in the execution's cgroup is killed and the cgroup removed before the execution counts as finished; and always, a reaper shim (a child subreaper between the agent and bwrap) reaps every process of the sandbox, and reports their CPU time and peak memory, before the execution counts as finished |
 //!
 //! Cgroups (see `cgroup`) are probed at start-up: v2 or v1, and which controllers this agent can
 //! use. [`CgroupMode::Auto`] uses what there is and warns about the rest (the fallbacks in the
@@ -347,6 +347,7 @@ impl Sandbox {
                 context: "creating the execution's cgroup",
                 source,
             })?;
+        let usage_from_cgroup = protections.is_some_and(|p| p.memory && p.cpu_accounting);
         let cgroup_procs = cgroup
             .as_ref()
             .map(cgroup::ExecCgroup::procs_files)
@@ -360,6 +361,7 @@ impl Sandbox {
                 let inherit = files.iter().map(bwrap::MemFile::raw_fd).collect();
                 let mut setup = child::Setup::new(Some(uid), rlimits, inherit);
                 setup.cgroup_procs = cgroup_procs;
+                setup.usage_from_cgroup = usage_from_cgroup;
                 let finished =
                     child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
                         .await?;
@@ -384,6 +386,7 @@ impl Sandbox {
                 let command = dir.command(&plan.argv);
                 let mut setup = child::Setup::new(credentials, rlimits, Vec::new());
                 setup.cgroup_procs = cgroup_procs;
+                setup.usage_from_cgroup = usage_from_cgroup;
                 let finished = child::run(
                     command,
                     setup,
