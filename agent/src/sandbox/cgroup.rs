@@ -37,8 +37,9 @@
 //!   reclaimed before anything is killed). A job's files count against `memory_mb` too.
 //! - The reaper shim is a fork of the agent and lives in the cgroup; the pages it shares with
 //!   the agent stay charged to the agent, only what it touches counts here (a few KiB).
-//! - A cgroup left by an agent that was killed (SIGKILL) stays until removed by hand; its
-//!   processes died with the agent (`PR_SET_PDEATHSIG`).
+//! - A cgroup left by an agent that was killed (SIGKILL) stays until the next agent starts:
+//!   its processes died with the agent (`PR_SET_PDEATHSIG`), and [`probe`] removes every empty
+//!   `wp-*` cgroup whose agent pid (in its name) no longer runs.
 
 use std::ffi::CString;
 use std::fmt;
@@ -430,6 +431,12 @@ pub(super) fn probe(mode: CgroupMode, fs_root: &Path) -> Result<Option<Cgroups>,
             vec![reason],
         ),
     };
+    for parent in [&cgroups.memory, &cgroups.pids, &cgroups.cpu]
+        .into_iter()
+        .flatten()
+    {
+        sweep_stale(parent);
+    }
     let p = cgroups.protections();
     let usable = p.memory || p.pids || p.cpu_accounting;
     if mode == CgroupMode::Required && !(p.memory && p.pids) {
@@ -616,6 +623,43 @@ fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
     ))
 }
 
+/// Removes the empty `wp-<uid>-<pid>-<n>` (and `wp-probe-<pid>`) cgroups of agents that no
+/// longer run: an agent killed with SIGKILL could not remove its own.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(agent_pid_of) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive && fs::remove_dir(entry.path()).is_ok() {
+            tracing::info!(cgroup = %entry.path().display(), "removed the cgroup of a dead agent");
+        }
+    }
+}
+
+/// The agent pid in a cgroup name of ours: `wp-<uid>-<pid>-<n>` or `wp-probe-<pid>`.
+fn agent_pid_of(name: &str) -> Option<libc::pid_t> {
+    let rest = name.strip_prefix("wp-")?;
+    let pid = match rest.strip_prefix("probe-") {
+        Some(pid) => pid,
+        None => {
+            let mut fields = rest.split('-');
+            let (_uid, pid, _n) = (fields.next()?, fields.next()?, fields.next()?);
+            if fields.next().is_some() {
+                return None;
+            }
+            pid
+        }
+    };
+    pid.parse().ok().filter(|&pid| pid > 0)
+}
+
 /// Creates a child cgroup, writes one control file, and removes it: proves the controller is
 /// writable here.
 fn try_child(parent: &Path, control: Option<(&str, &str)>) -> io::Result<()> {
@@ -655,6 +699,21 @@ mod tests {
         assert_eq!(own_v1_path(text, "pids"), Some("/"));
         assert_eq!(own_v1_path(text, "cpuacct"), Some("/x"));
         assert_eq!(own_v1_path(text, "blkio"), None);
+    }
+
+    #[test]
+    fn only_our_own_cgroup_names_yield_an_agent_pid() {
+        assert_eq!(agent_pid_of("wp-60000-4340-4"), Some(4340));
+        assert_eq!(agent_pid_of("wp-probe-77"), Some(77));
+        for other in [
+            "wp-60000-4340",
+            "wp-a-b-c-d",
+            "warmpool-agent",
+            "wp-1-0-2",
+            "x",
+        ] {
+            assert_eq!(agent_pid_of(other), None, "{other}");
+        }
     }
 
     #[test]
