@@ -10,6 +10,11 @@ use warmpool::pool::vms;
 use warmpool::routing::{self, Deleted, Placement};
 use warmpool::store::Store;
 
+/// The VM a game is leased to (`None`: pending).
+async fn vm_of(store: &Store, game: &str) -> Option<String> {
+    routing::get_game(store, game).await.unwrap().unwrap().vm_id
+}
+
 async fn ready_vm(store: &Store, vm: &str, capacity: u32) {
     assert_eq!(
         vms::register(store, vm, capacity, &[], "test")
@@ -150,24 +155,8 @@ async fn pending_games_are_placed_in_arrival_order_with_their_backlogs() {
             .unwrap(),
         2
     );
-    assert_eq!(
-        routing::get_game(&s, "first")
-            .await
-            .unwrap()
-            .unwrap()
-            .vm_id
-            .as_deref(),
-        Some("vm-a")
-    );
-    assert_eq!(
-        routing::get_game(&s, "second")
-            .await
-            .unwrap()
-            .unwrap()
-            .vm_id
-            .as_deref(),
-        Some("vm-a")
-    );
+    assert_eq!(vm_of(&s, "first").await.as_deref(), Some("vm-a"));
+    assert_eq!(vm_of(&s, "second").await.as_deref(), Some("vm-a"));
     assert_eq!(
         routing::get_game(&s, "third").await.unwrap().unwrap().state,
         GameState::Pending
@@ -191,15 +180,7 @@ async fn pending_games_are_placed_in_arrival_order_with_their_backlogs() {
             .unwrap(),
         1
     );
-    assert_eq!(
-        routing::get_game(&s, "third")
-            .await
-            .unwrap()
-            .unwrap()
-            .vm_id
-            .as_deref(),
-        Some("vm-b")
-    );
+    assert_eq!(vm_of(&s, "third").await.as_deref(), Some("vm-b"));
     let on_b: Vec<String> = stream_entries(&s, "vm-b")
         .await
         .into_iter()
@@ -328,15 +309,7 @@ async fn deleting_a_game_frees_its_slot_and_returns_its_queue() {
             .unwrap(),
         1
     );
-    assert_eq!(
-        routing::get_game(&s, "other")
-            .await
-            .unwrap()
-            .unwrap()
-            .vm_id
-            .as_deref(),
-        Some("vm-a")
-    );
+    assert_eq!(vm_of(&s, "other").await.as_deref(), Some("vm-a"));
 
     // An execution of the deleted game still on the stream is cancelled when the agent reaches it.
     assert_eq!(
@@ -521,24 +494,8 @@ mod control {
         routing::place_pending(&s, Placement::LeastLoaded, Some("vm-b"))
             .await
             .unwrap();
-        assert_eq!(
-            routing::get_game(&s, "g1")
-                .await
-                .unwrap()
-                .unwrap()
-                .vm_id
-                .as_deref(),
-            Some("vm-b")
-        );
-        assert_eq!(
-            routing::get_game(&s, "g2")
-                .await
-                .unwrap()
-                .unwrap()
-                .vm_id
-                .as_deref(),
-            Some("vm-b")
-        );
+        assert_eq!(vm_of(&s, "g1").await.as_deref(), Some("vm-b"));
+        assert_eq!(vm_of(&s, "g2").await.as_deref(), Some("vm-b"));
         assert_eq!(
             routing::get_game(&s, "g3").await.unwrap().unwrap().state,
             GameState::Pending
@@ -638,4 +595,31 @@ mod control {
             ExecutionState::Queued
         );
     }
+}
+
+#[tokio::test]
+async fn a_vm_recorded_but_not_registered_keeps_its_creation_time() {
+    use warmpool::pool::leader::Leadership;
+    use warmpool::pool::vms::{Transition, TransitionResult};
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    let token = Leadership::new(s.clone(), "me".into(), std::time::Duration::from_secs(10))
+        .try_lead()
+        .await
+        .unwrap()
+        .unwrap();
+    let TransitionResult::Ok { vm_id, .. } =
+        vms::transition(&s, token, "t", Transition::Add { capacity: 4 })
+            .await
+            .unwrap()
+    else {
+        panic!("add goes through");
+    };
+    let now = s.now_ms().await.unwrap();
+    let views = vms::views(&s).await.unwrap();
+    let view = views.iter().find(|v| v.vm_id == vm_id).unwrap();
+    // Its info holds an empty language list (`{}` from Lua): the planner still sees its age,
+    // or it would fail every new VM at once as a boot timeout.
+    assert!(now.saturating_sub(view.created_ms) < 60_000, "{view:?}");
+    assert_eq!(view.state, warmpool::model::VmState::Provisioning);
 }

@@ -194,38 +194,6 @@ fn num<T: std::str::FromStr + Default>(map: &HashMap<String, String>, key: &str)
         .unwrap_or_default()
 }
 
-/// Every VM the pool knows, sorted by id.
-pub async fn list(store: &Store) -> StoreResult<Vec<VmStatus>> {
-    let r = records(store).await?;
-    let now = r.now_ms as f64;
-    let mut vms: Vec<VmStatus> = r
-        .states
-        .iter()
-        .map(|(vm_id, state)| {
-            let info: VmInfo = r
-                .infos
-                .get(vm_id)
-                .and_then(|raw| serde_json::from_str(raw).ok())
-                .unwrap_or_default();
-            VmStatus {
-                state: VmState::parse(state).unwrap_or(VmState::Dead),
-                games: num(&r.games, vm_id),
-                capacity: num(&r.caps, vm_id),
-                running: num(&r.running, vm_id),
-                languages: info.languages.into_iter().map(|l| l.name).collect(),
-                heartbeat_age_s: r
-                    .beats
-                    .get(vm_id)
-                    .and_then(|at| at.parse::<f64>().ok())
-                    .map(|at| ((now - at).max(0.0)).round() / 1000.0),
-                vm_id: vm_id.clone(),
-            }
-        })
-        .collect();
-    vms.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
-    Ok(vms)
-}
-
 /// Versions of each language as Ready VMs report them: name → version.
 pub async fn language_versions(store: &Store) -> StoreResult<HashMap<String, String>> {
     let infos: HashMap<String, String> = store.client().hgetall(&store.keys.vm_info).await?;
@@ -240,44 +208,82 @@ pub async fn language_versions(store: &Store) -> StoreResult<HashMap<String, Str
     Ok(versions)
 }
 
-/// Every VM as the reconciler's planner sees it.
-pub async fn views(store: &Store) -> StoreResult<Vec<crate::pool::plan::VmView>> {
-    let r = records(store).await?;
-    #[derive(serde::Deserialize, Default)]
-    struct Created {
-        #[serde(default)]
-        created: f64,
-    }
-    let mut out: Vec<crate::pool::plan::VmView> = r
+/// One VM of a snapshot, with everything both views of it need.
+struct Row {
+    view: crate::pool::plan::VmView,
+    languages: Vec<String>,
+}
+
+fn rows(r: &Records) -> Vec<Row> {
+    let mut out: Vec<Row> = r
         .states
         .iter()
         .map(|(vm_id, state)| {
-            let created = r
+            // Read field by field: Lua's cjson writes an empty list as `{}`, so a VM that has
+            // not registered yet has `"languages": {}`, which must not hide its `created`.
+            let info: serde_json::Value = r
                 .infos
                 .get(vm_id)
-                .and_then(|raw| serde_json::from_str::<Created>(raw).ok())
-                .unwrap_or_default()
-                .created as u64;
-            crate::pool::plan::VmView {
-                state: VmState::parse(state).unwrap_or(VmState::Dead),
-                games: num(&r.games, vm_id),
-                capacity: num(&r.caps, vm_id),
-                running: num(&r.running, vm_id),
-                created_ms: created,
-                heartbeat_ms: r
-                    .beats
-                    .get(vm_id)
-                    .and_then(|t| t.parse::<f64>().ok())
-                    .map(|t| t as u64),
-                state_since_ms: r
-                    .since
-                    .get(vm_id)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(created),
-                vm_id: vm_id.clone(),
+                .and_then(|raw| serde_json::from_str(raw).ok())
+                .unwrap_or_default();
+            let created = info["created"].as_f64().unwrap_or(0.0) as u64;
+            let languages = info["languages"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|l| l["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Row {
+                view: crate::pool::plan::VmView {
+                    vm_id: vm_id.clone(),
+                    state: VmState::parse(state).unwrap_or(VmState::Dead),
+                    games: num(&r.games, vm_id),
+                    capacity: num(&r.caps, vm_id),
+                    running: num(&r.running, vm_id),
+                    created_ms: created,
+                    heartbeat_ms: r
+                        .beats
+                        .get(vm_id)
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .map(|t| t as u64),
+                    state_since_ms: r
+                        .since
+                        .get(vm_id)
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(created),
+                },
+                languages,
             }
         })
         .collect();
-    out.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
-    Ok(out)
+    out.sort_by(|a, b| a.view.vm_id.cmp(&b.view.vm_id));
+    out
+}
+
+/// Every VM the pool knows, sorted by id.
+pub async fn list(store: &Store) -> StoreResult<Vec<VmStatus>> {
+    let r = records(store).await?;
+    Ok(rows(&r)
+        .into_iter()
+        .map(|row| VmStatus {
+            heartbeat_age_s: row
+                .view
+                .heartbeat_ms
+                .map(|at| r.now_ms.saturating_sub(at) as f64 / 1000.0),
+            vm_id: row.view.vm_id,
+            state: row.view.state,
+            games: u64::from(row.view.games),
+            capacity: u64::from(row.view.capacity),
+            running: u64::from(row.view.running),
+            languages: row.languages,
+        })
+        .collect())
+}
+
+/// Every VM as the reconciler's planner sees it, sorted by id.
+pub async fn views(store: &Store) -> StoreResult<Vec<crate::pool::plan::VmView>> {
+    let r = records(store).await?;
+    Ok(rows(&r).into_iter().map(|row| row.view).collect())
 }

@@ -41,16 +41,40 @@ impl StoreError {
 }
 
 impl From<fred::error::Error> for StoreError {
+    /// Anything that says "Redis cannot answer right now" is `Unavailable` (503, retry): lost or
+    /// refused connections, timeouts, cancelled commands (a reconnect), a server that is
+    /// loading, read-only or busy. Only an error Redis itself reports about the command (a
+    /// script error, a wrong type) or a reply we cannot read is `Redis` (500: a bug).
     fn from(err: fred::error::Error) -> Self {
         use fred::error::ErrorKind;
+        const TRANSIENT: [&str; 8] = [
+            "LOADING",
+            "BUSY",
+            "MASTERDOWN",
+            "READONLY",
+            "NOREPLICAS",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MOVED",
+        ];
+        let details = err.details();
+        let server_reply = details
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.len() >= 3 && w.chars().all(|c| c.is_ascii_uppercase()));
         match err.kind() {
-            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
-                StoreError::Unavailable(err)
+            ErrorKind::Parse
+            | ErrorKind::InvalidArgument
+            | ErrorKind::InvalidCommand
+            | ErrorKind::NotFound
+            | ErrorKind::Config
+            | ErrorKind::Url => StoreError::Redis(err),
+            ErrorKind::Unknown
+                if server_reply && !TRANSIENT.iter().any(|t| details.starts_with(t)) =>
+            {
+                StoreError::Redis(err)
             }
-            _ if err.details().starts_with("LOADING") || err.details().contains("Connection") => {
-                StoreError::Unavailable(err)
-            }
-            _ => StoreError::Redis(err),
+            _ => StoreError::Unavailable(err),
         }
     }
 }
