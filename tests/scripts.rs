@@ -10,6 +10,19 @@ use warmpool::pool::vms;
 use warmpool::routing::{self, Deleted, Placement};
 use warmpool::store::Store;
 
+/// Takes the pool's leadership and returns its fencing token.
+async fn lead(store: &Store) -> u64 {
+    warmpool::pool::leader::Leadership::new(
+        store.clone(),
+        "me".into(),
+        std::time::Duration::from_secs(10),
+    )
+    .try_lead()
+    .await
+    .unwrap()
+    .expect("the only replica leads")
+}
+
 /// The VM a game is leased to (`None`: pending).
 async fn vm_of(store: &Store, game: &str) -> Option<String> {
     routing::get_game(store, game).await.unwrap().unwrap().vm_id
@@ -458,11 +471,7 @@ mod control {
     async fn retire_refuses_a_vm_with_games_or_running_work_and_evict_moves_games_in_order() {
         let redis = RedisServer::start().unwrap();
         let s = store(&redis.url(), "t").await;
-        let token = Leadership::new(s.clone(), "me".into(), std::time::Duration::from_secs(10))
-            .try_lead()
-            .await
-            .unwrap()
-            .unwrap();
+        let token = lead(&s).await;
         ready_vm(&s, "vm-a", 2).await;
         submit(&s, "g1", "e1", None).await;
         submit(&s, "g2", "e2", None).await;
@@ -506,11 +515,7 @@ mod control {
     async fn work_on_a_failed_vm_is_queued_again_and_fails_after_max_attempts() {
         let redis = RedisServer::start().unwrap();
         let s = store(&redis.url(), "t").await;
-        let token = Leadership::new(s.clone(), "me".into(), std::time::Duration::from_secs(10))
-            .try_lead()
-            .await
-            .unwrap()
-            .unwrap();
+        let token = lead(&s).await;
         let mut settings = Config::defaults().reconciler_settings();
         settings.max_attempts = 2;
         ready_vm(&s, "vm-a", 4).await;
@@ -599,15 +604,10 @@ mod control {
 
 #[tokio::test]
 async fn a_vm_recorded_but_not_registered_keeps_its_creation_time() {
-    use warmpool::pool::leader::Leadership;
     use warmpool::pool::vms::{Transition, TransitionResult};
     let redis = RedisServer::start().unwrap();
     let s = store(&redis.url(), "t").await;
-    let token = Leadership::new(s.clone(), "me".into(), std::time::Duration::from_secs(10))
-        .try_lead()
-        .await
-        .unwrap()
-        .unwrap();
+    let token = lead(&s).await;
     let TransitionResult::Ok { vm_id, .. } =
         vms::transition(&s, token, "t", Transition::Add { capacity: 4 })
             .await
