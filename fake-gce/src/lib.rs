@@ -1,0 +1,1 @@
+//! A fake Compute Engine on loopback (work in progress).
