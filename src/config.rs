@@ -77,8 +77,8 @@ pub struct Config {
     /// How often each replica sweeps expired executions and games.
     #[arg(long, env = "WARMPOOL_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
     pub sweep_interval_ms: u64,
-    /// VM provider: `local` (agent processes on this machine) or `none` (VMs are started by
-    /// someone else, e.g. a test or another replica).
+    /// VM provider: `gce` (Compute Engine, see WARMPOOL_GCE_*), `local` (agent processes on
+    /// this machine) or `none` (VMs are started by someone else, e.g. a test).
     #[arg(long, env = "WARMPOOL_PROVIDER", default_value = "local")]
     pub provider: String,
     /// This replica's name in the leader lease (default: hostname plus a random suffix).
@@ -145,6 +145,26 @@ pub struct Config {
     /// Local provider: concurrent sandboxes per agent.
     #[arg(long, env = "WARMPOOL_AGENT_SLOTS", default_value_t = 4)]
     pub agent_slots: u32,
+    /// Concurrent VM creates of the leader (each waits for its provider's operation).
+    #[arg(long, env = "WARMPOOL_CREATE_CONCURRENCY", default_value_t = 32)]
+    pub create_concurrency: u32,
+    /// How often the leader compares the provider's VMs with the records in Redis.
+    #[arg(
+        long,
+        env = "WARMPOOL_PROVIDER_SYNC_INTERVAL_S",
+        default_value_t = 30.0
+    )]
+    pub provider_sync_interval_s: f64,
+    /// A provider VM of this pool with no record in Redis (its agent never registered) is
+    /// deleted after this long.
+    #[arg(long, env = "WARMPOOL_ORPHAN_GRACE_S", default_value_t = 300.0)]
+    pub orphan_grace_s: f64,
+    /// First pause of creates after a configuration error (doubling up to 15 min); a
+    /// stockout in every zone pauses for a tenth of it.
+    #[arg(long, env = "WARMPOOL_CREATE_PAUSE_S", default_value_t = 60.0)]
+    pub create_pause_s: f64,
+    #[command(flatten)]
+    pub gce: crate::gce::GceConfig,
 }
 
 /// A configuration mistake, named so the operator can fix it.
@@ -255,8 +275,30 @@ impl Config {
         }
         self.formula()
             .map_err(|e| bad("WARMPOOL_POOL_FORMULA", e.0))?;
-        if !matches!(self.provider.as_str(), "local" | "none") {
-            return Err(bad("WARMPOOL_PROVIDER", "one of: local, none"));
+        match self.provider.as_str() {
+            "local" | "none" => {}
+            "gce" => {
+                self.gce
+                    .settings(&self.pool, self.redis_url.as_deref().unwrap_or(""))?;
+            }
+            _ => return Err(bad("WARMPOOL_PROVIDER", "one of: gce, local, none")),
+        }
+        if self.create_concurrency == 0 {
+            return Err(bad("WARMPOOL_CREATE_CONCURRENCY", "must be greater than 0"));
+        }
+        for (name, v) in [
+            (
+                "WARMPOOL_PROVIDER_SYNC_INTERVAL_S",
+                self.provider_sync_interval_s,
+            ),
+            ("WARMPOOL_CREATE_PAUSE_S", self.create_pause_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(name, "must be a number greater than 0"));
+            }
+        }
+        if !(self.orphan_grace_s.is_finite() && self.orphan_grace_s >= 0.0) {
+            return Err(bad("WARMPOOL_ORPHAN_GRACE_S", "must be a number >= 0"));
         }
         if !matches!(self.agent_sandbox.as_str(), "bwrap" | "process") {
             return Err(bad("WARMPOOL_AGENT_SANDBOX", "one of: bwrap, process"));
@@ -310,6 +352,10 @@ impl Config {
             queue_timeout_ms: self.queue_timeout_s * 1000,
             retention_ms: self.result_ttl_s * 1000,
             manage_size: self.provider != "none",
+            create_concurrency: self.create_concurrency as usize,
+            provider_sync_interval: Duration::from_secs_f64(self.provider_sync_interval_s),
+            orphan_grace_ms: ms(self.orphan_grace_s),
+            create_pause: Duration::from_secs_f64(self.create_pause_s),
         }
     }
 

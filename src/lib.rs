@@ -8,6 +8,7 @@
 //! - [`executions`]: accept, read and end executions; the agent's start and finish.
 //! - [`waiters`]: wakes requests waiting for a result (pub/sub).
 //! - [`pool`]: sizing formula, pure planner, leader, reconciler, VM records, providers.
+//! - [`gce`]: the Compute Engine provider.
 //! - [`api`]: the REST API; [`server`]: one replica's composition root; [`config`]: its settings.
 //! - [`cli`]: the `warmpool` command (`serve`, `dev`, `exec`, `demo`, `bench`, `sim`);
 //!   [`demo`], [`bench`], [`sim`] are its bigger commands.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod executions;
+pub mod gce;
 pub mod model;
 pub mod pool;
 pub mod redis_server;

@@ -272,6 +272,35 @@ pub struct PoolStatus {
     pub status: Option<String>,
     /// The replica leading the pool and its fencing token.
     pub leader: Option<LeaderInfo>,
+    /// The VM provider as the leader last saw it: paused creates, the last failure.
+    pub provider: Option<ProviderHealth>,
+}
+
+/// A VM the provider could not create (or delete), as `GET /v1/pool` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderFailure {
+    pub vm_id: String,
+    /// `config` (an operator must fix something), `capacity` (no zone could take it) or
+    /// `transient`.
+    pub kind: String,
+    pub message: String,
+    pub at: String,
+}
+
+/// The provider part of `GET /v1/pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderHealth {
+    pub name: String,
+    /// Creates wait until then (RFC 3339) after a failure that retrying at once cannot fix.
+    pub creates_paused_until: Option<String>,
+    pub last_error: Option<ProviderFailure>,
+    pub creates_failed: u64,
+    /// VMs failed because the provider no longer ran them (preempted, deleted elsewhere).
+    pub vms_lost: u64,
+    /// Instances of the pool with no record that were deleted after the grace period.
+    pub orphans_deleted: u64,
+    /// When the leader last compared the provider's VMs with the records.
+    pub last_sync: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

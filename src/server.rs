@@ -59,6 +59,10 @@ pub async fn run(
             sandbox: config.agent_sandbox.clone(),
             slots: config.agent_slots,
         })),
+        "gce" => {
+            let settings = config.gce.settings(&config.pool, &redis_url)?;
+            Arc::new(crate::gce::GceProvider::new(settings).await?)
+        }
         _ => Arc::new(NoProvider),
     };
     let tasks = TaskTracker::new();

@@ -55,6 +55,21 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<PoolSta
                 at: c.last_scaling_at.clone()?,
             })
         }),
+        provider: control.as_ref().map(|c| {
+            let p = &c.provider;
+            crate::model::ProviderHealth {
+                name: state.config.provider.clone(),
+                creates_paused_until: p
+                    .paused_until_ms
+                    .filter(|t| *t > c.measured_ms)
+                    .map(crate::model::rfc3339_ms),
+                last_error: p.last_error.clone(),
+                creates_failed: p.creates_failed,
+                vms_lost: p.vms_lost,
+                orphans_deleted: p.orphans_deleted,
+                last_sync: p.last_sync_ms.map(crate::model::rfc3339_ms),
+            }
+        }),
         status: control.map(|c| c.status),
         leader: leader.map(|(replica, token)| LeaderInfo { replica, token }),
     }))

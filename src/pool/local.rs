@@ -14,7 +14,9 @@ use std::sync::Mutex;
 
 use tokio::process::{Child, Command};
 
-use super::provider::{BoxFuture, Provider, ProviderError, VmInstance, VmSpec};
+use super::provider::{
+    BoxFuture, FailureKind, InstanceState, Provider, ProviderError, VmInstance, VmSpec,
+};
 
 /// How the local provider starts agents.
 #[derive(Debug, Clone)]
@@ -109,9 +111,13 @@ impl Provider for LocalProvider {
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| ProviderError::Create {
-                    vm_id: spec.vm_id.clone(),
-                    message: format!("spawning {}: {e}", s.agent_bin.display()),
+                .map_err(|e| {
+                    ProviderError::new(
+                        "create",
+                        &spec.vm_id,
+                        FailureKind::Config,
+                        format!("spawning {}: {e}", s.agent_bin.display()),
+                    )
                 })?;
             tracing::info!(vm_id = %spec.vm_id, pid = child.id(), "local VM started");
             children.insert(spec.vm_id.clone(), child);
@@ -143,6 +149,7 @@ impl Provider for LocalProvider {
                 .into_iter()
                 .map(|(vm_id, pid)| VmInstance {
                     vm_id,
+                    state: InstanceState::Running,
                     detail: format!("pid {pid}"),
                 })
                 .collect();

@@ -53,6 +53,8 @@ pub struct Snapshot {
     /// Since when the target has been below the live size (kept by the reconciler between
     /// passes from [`Plan::below_since_ms`]).
     pub below_since_ms: Option<u64>,
+    /// VMs the provider no longer runs (see [`super::inventory`]): failed at once.
+    pub lost: Vec<String>,
 }
 
 /// Operator settings of the reconciler.
@@ -72,6 +74,10 @@ pub struct PlanParams {
 pub enum FailReason {
     HeartbeatLost,
     BootTimeout,
+    /// The provider no longer runs its instance (preempted, deleted behind our back).
+    LostAtProvider,
+    /// The provider could not create it.
+    CreateFailed,
 }
 
 impl FailReason {
@@ -79,6 +85,8 @@ impl FailReason {
         match self {
             FailReason::HeartbeatLost => "heartbeat_lost",
             FailReason::BootTimeout => "boot_timeout",
+            FailReason::LostAtProvider => "lost_at_provider",
+            FailReason::CreateFailed => "create_failed",
         }
     }
 }
@@ -128,6 +136,9 @@ pub fn plan(s: &Snapshot, p: &PlanParams) -> Plan {
     for vm in &s.vms {
         let age = |since: u64| s.now_ms.saturating_sub(since);
         let reason = match vm.state {
+            _ if vm.state != VmState::Dead && s.lost.contains(&vm.vm_id) => {
+                Some(FailReason::LostAtProvider)
+            }
             VmState::Ready | VmState::Draining => {
                 let last = vm.heartbeat_ms.unwrap_or(vm.state_since_ms);
                 (age(last) > p.heartbeat_timeout_ms).then_some(FailReason::HeartbeatLost)
@@ -316,6 +327,7 @@ mod tests {
             desired,
             idle_since_ms: None,
             below_since_ms: None,
+            lost: Vec::new(),
         }
     }
 
@@ -331,6 +343,26 @@ mod tests {
         let p = plan(&s, &params());
         assert_eq!(p.actions, vec![Action::Create { count: 3 }]);
         assert_eq!((p.target, p.live), (5, 2));
+    }
+
+    #[test]
+    fn a_vm_lost_at_the_provider_is_failed_and_replaced_in_the_same_pass() {
+        let mut s = snap(
+            vec![vm("a", VmState::Ready, 8), vm("b", VmState::Ready, 2)],
+            2,
+        );
+        s.lost = vec!["a".into()];
+        let p = plan(&s, &params());
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Fail {
+                    vm_id: "a".into(),
+                    reason: FailReason::LostAtProvider
+                },
+                Action::Create { count: 1 }
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The VM provider interface: how the pool creates, deletes and lists VMs. `local` runs agent
-//! processes on this machine; Compute Engine comes with its own module (`src/gce/`).
+//! processes on this machine; Compute Engine lives in `src/gce/`.
 
 pub use async_trait_free::BoxFuture;
 
@@ -10,30 +10,86 @@ pub struct VmSpec {
     pub vm_id: String,
     /// Games the VM's agent will take.
     pub capacity: u32,
+    /// A per-VM secret the agent presents when it registers (empty: none).
+    pub secret: String,
+}
+
+/// Where a VM is in its life, as the provider sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Being created or starting.
+    Starting,
+    Running,
+    /// Stopping, stopped, suspended or preempted: it runs no agent and will not come back by
+    /// itself (a preempted Spot VM ends here).
+    Stopped,
 }
 
 /// A VM as the provider sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmInstance {
     pub vm_id: String,
-    /// Provider-specific detail (a pid, an instance URL).
+    pub state: InstanceState,
+    /// Provider-specific detail (a pid, a zone and status).
     pub detail: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    #[error("creating {vm_id}: {message}")]
-    Create { vm_id: String, message: String },
-    #[error("deleting {vm_id}: {message}")]
-    Delete { vm_id: String, message: String },
+/// The class of a provider failure: what the pool should do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Passing (rate limit, backend error, no answer in time): retry later.
+    Transient,
+    /// No zone could take the VM (stockout, quota): retry later, less often.
+    Capacity,
+    /// The request is wrong (image, machine type, permission): an operator must act; the pool
+    /// pauses creates rather than repeat the mistake.
+    Config,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "transient",
+            FailureKind::Capacity => "capacity",
+            FailureKind::Config => "config",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op} {vm_id}: {message} ({})", kind.as_str())]
+pub struct ProviderError {
+    pub op: &'static str,
+    pub vm_id: String,
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn new(
+        op: &'static str,
+        vm_id: &str,
+        kind: FailureKind,
+        message: impl Into<String>,
+    ) -> Self {
+        ProviderError {
+            op,
+            vm_id: vm_id.to_string(),
+            kind,
+            message: message.into(),
+        }
+    }
 }
 
 /// Creates, deletes and lists VMs. Implementations are idempotent: creating a VM that exists
 /// or deleting one that does not is not an error.
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Creates the VM and returns once the provider accepted it (its agent registers later).
     fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), ProviderError>>;
     fn delete<'a>(&'a self, vm_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Every VM of this pool the provider has, whoever created it.
     fn list(&self) -> BoxFuture<'_, Result<Vec<VmInstance>, ProviderError>>;
     /// Called when the replica stops: release what it holds (not the VMs: they belong to the
     /// pool, and the next leader manages them).

@@ -18,22 +18,36 @@
 //!   deliveries, ends `failed` with `vm_lost`. The stream is deleted only once empty, so a
 //!   leader that dies mid-recovery leaves the rest for the next one.
 //!
+//! - Creates run in the background (at most `WARMPOOL_CREATE_CONCURRENCY` at once), so a pass
+//!   that asks for 100 VMs does not wait for 100 provider operations. A create that fails
+//!   fails its record (the next pass replaces it) and pauses creates: a configuration error
+//!   for `WARMPOOL_CREATE_PAUSE_S`, doubling up to 15 min, a stockout everywhere or a passing
+//!   error for a tenth of that. After a pause one create probes at a time until one succeeds,
+//!   so a mistake costs one API call per pause, not one per VM. The failure is shown in
+//!   `GET /v1/pool` (`provider.last_error`).
+//! - Every `WARMPOOL_PROVIDER_SYNC_INTERVAL_S` the leader lists the provider's VMs and
+//!   compares them with the records ([`inventory`]): lost VMs are failed at once, orphans
+//!   deleted after `WARMPOOL_ORPHAN_GRACE_S`.
+//!
 //! # Caveats
 //! - Evicting a VM's games scans the pool's game hash (O(games)); it runs only when a VM fails
 //!   or a drain times out.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::inventory;
 use super::leader::Leadership;
-use super::plan::{self, Action, PlanParams, Snapshot};
-use super::provider::{Provider, VmSpec};
+use super::plan::{self, Action, FailReason, PlanParams, Snapshot};
+use super::provider::{FailureKind, Provider, ProviderError, VmSpec};
 use super::sizing::{self, Formula, Reservation, SizingInputs, SizingParams};
 use super::vms::{self, Transition, TransitionResult};
 use crate::routing::{self, Placement};
@@ -58,7 +72,15 @@ pub struct ReconcilerSettings {
     /// Whether this pool's size is managed here. With provider `none` VMs are started
     /// elsewhere: the reconciler then only fails dead VMs and recovers their work.
     pub manage_size: bool,
+    pub create_concurrency: usize,
+    pub provider_sync_interval: Duration,
+    pub orphan_grace_ms: u64,
+    /// First pause of creates after a configuration error.
+    pub create_pause: Duration,
 }
+
+/// Longest pause of creates.
+const MAX_CREATE_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// What the reconciler last measured and decided, kept in `{wp:P}:ctl` for `GET /v1/pool`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,11 +96,80 @@ pub struct Control {
     pub measured_ms: u64,
     pub below_since_ms: Option<u64>,
     pub idle_since_ms: Option<u64>,
+    #[serde(default)]
+    pub provider: ProviderControl,
+}
+
+/// The provider's health as the leader keeps it (in `{wp:P}:ctl`, so a new leader honours a
+/// pause).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProviderControl {
+    /// Creates wait until then (Redis clock, ms).
+    pub paused_until_ms: Option<u64>,
+    /// The current pause; 0 once a create succeeded.
+    pub pause_ms: u64,
+    pub last_error: Option<crate::model::ProviderFailure>,
+    pub creates_failed: u64,
+    pub vms_lost: u64,
+    pub orphans_deleted: u64,
+    pub last_sync_ms: Option<u64>,
+}
+
+impl ProviderControl {
+    /// Records a failed create and lengthens the pause.
+    fn failed(&mut self, err: &ProviderError, now_ms: u64, first_pause: Duration) {
+        let base = match err.kind {
+            FailureKind::Config => first_pause,
+            FailureKind::Capacity | FailureKind::Transient => first_pause / 10,
+        };
+        let pause = if self.pause_ms == 0 {
+            base
+        } else {
+            (Duration::from_millis(self.pause_ms) * 2).max(base)
+        }
+        .min(MAX_CREATE_PAUSE);
+        self.pause_ms = pause.as_millis() as u64;
+        self.paused_until_ms = Some(now_ms + self.pause_ms);
+        self.creates_failed += 1;
+        self.last_error = Some(crate::model::ProviderFailure {
+            vm_id: err.vm_id.clone(),
+            kind: err.kind.as_str().to_string(),
+            message: err.message.clone(),
+            at: crate::model::rfc3339_ms(now_ms),
+        });
+    }
+}
+
+/// A background create's outcome, handed back to the reconcile loop.
+struct CreateDone {
+    vm_id: String,
+    result: Result<(), ProviderError>,
+}
+
+/// Creates in flight, run beside the loop.
+struct Creates {
+    tx: mpsc::UnboundedSender<CreateDone>,
+    slots: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
 pub async fn read_control(store: &Store) -> StoreResult<Option<Control>> {
     let raw: Option<String> = store.client().hget(&store.keys.ctl, "state").await?;
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+async fn write_control(store: &Store, control: &Control, formula: &str) -> StoreResult<()> {
+    let json = serde_json::to_string(control).unwrap_or_default();
+    let _: () = store
+        .client()
+        .hset(
+            &store.keys.ctl,
+            [("state", json), ("formula", formula.to_string())],
+        )
+        .await?;
+    Ok(())
 }
 
 pub async fn reservations(store: &Store) -> StoreResult<Vec<Reservation>> {
@@ -110,6 +201,12 @@ pub struct Reconciler {
     leadership: Leadership,
     settings: ReconcilerSettings,
     wake: Arc<Notify>,
+    creates: Creates,
+    done: tokio::sync::Mutex<mpsc::UnboundedReceiver<CreateDone>>,
+    /// Orphan instances and when they were first seen (the leader's memory: a new leader
+    /// starts their grace over, which only delays a delete).
+    orphans_seen: Mutex<HashMap<String, u64>>,
+    last_sync: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Reconciler {
@@ -120,12 +217,24 @@ impl Reconciler {
         settings: ReconcilerSettings,
         wake: Arc<Notify>,
     ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let creates = Creates {
+            tx,
+            slots: Arc::new(Semaphore::new(settings.create_concurrency.max(1))),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        };
         Reconciler {
             store,
             provider,
             leadership,
             settings,
             wake,
+            creates,
+            done: tokio::sync::Mutex::new(rx),
+            orphans_seen: Mutex::new(HashMap::new()),
+            last_sync: Mutex::new(None),
         }
     }
 
@@ -133,11 +242,18 @@ impl Reconciler {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut done = self.done.lock().await;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+                Some(result) = done.recv() => {
+                    if let Err(err) = self.created(result).await {
+                        tracing::warn!(error = %err, "recording a create's outcome failed");
+                    }
+                    continue;
+                }
             }
             let Some(token) = self.leadership.token() else {
                 continue;
@@ -146,6 +262,129 @@ impl Reconciler {
                 tracing::warn!(error = %err, "reconcile pass failed; retrying next tick");
             }
         }
+        // Creates in flight are abandoned: their records stay provisioning, and the next
+        // leader's boot timeout fails them and deletes whatever instance they made.
+        self.creates.cancel.cancel();
+        self.creates.tasks.close();
+        self.creates.tasks.wait().await;
+    }
+
+    /// A background create ended: on failure, fail its record, note the error and pause.
+    async fn created(&self, done: CreateDone) -> StoreResult<()> {
+        let Some(token) = self.leadership.token() else {
+            // No longer leading: the new leader's boot timeout takes care of the record.
+            return Ok(());
+        };
+        let now = self.store.now_ms().await?;
+        let mut control = read_control(&self.store).await?.unwrap_or_default();
+        match done.result {
+            Ok(()) => {
+                if control.provider.pause_ms == 0 {
+                    return Ok(());
+                }
+                tracing::info!(vm_id = %done.vm_id, "a create succeeded; creates resume");
+                control.provider.pause_ms = 0;
+                control.provider.paused_until_ms = None;
+                write_control(&self.store, &control, self.settings.formula.text()).await?;
+            }
+            Err(err) => {
+                control
+                    .provider
+                    .failed(&err, now, self.settings.create_pause);
+                tracing::warn!(
+                    vm_id = %done.vm_id,
+                    kind = err.kind.as_str(),
+                    error = %err.message,
+                    pause_s = control.provider.pause_ms / 1000,
+                    "create failed; pausing creates"
+                );
+                control.status = format!(
+                    "creates paused for {} s after a {} error creating {}: {}",
+                    control.provider.pause_ms / 1000,
+                    err.kind.as_str(),
+                    done.vm_id,
+                    err.message
+                );
+                write_control(&self.store, &control, self.settings.formula.text()).await?;
+                let fail = Action::Fail {
+                    vm_id: done.vm_id,
+                    reason: FailReason::CreateFailed,
+                };
+                match self.act(token, &fail).await {
+                    Ok(true) => {
+                        routing::place_pending(&self.store, self.settings.placement, None).await?;
+                    }
+                    Ok(false) => {}
+                    Err(ActError::Fenced) => self.leadership.step_down(),
+                    Err(ActError::Store(err)) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the provider's VMs if a sync is due: the records to fail as lost (orphans past
+    /// their grace are deleted here).
+    async fn sync_inventory(
+        &self,
+        token: u64,
+        now: u64,
+        records: &[plan::VmView],
+        control: &mut ProviderControl,
+    ) -> Vec<String> {
+        let due = {
+            let mut last = self.last_sync.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= self.settings.provider_sync_interval);
+            if due {
+                *last = Some(tokio::time::Instant::now());
+            }
+            due
+        };
+        if !due || !self.settings.manage_size {
+            return Vec::new();
+        }
+        let instances = match self.provider.list().await {
+            Ok(i) => i,
+            Err(err) => {
+                tracing::warn!(error = %err, "listing the provider's VMs failed");
+                return Vec::new();
+            }
+        };
+        let found = {
+            let mut seen = self.orphans_seen.lock().unwrap_or_else(|e| e.into_inner());
+            inventory::compare(
+                records,
+                &instances,
+                &mut seen,
+                now,
+                self.settings.orphan_grace_ms,
+            )
+        };
+        control.last_sync_ms = Some(now);
+        for vm_id in &found.orphans {
+            if self.leadership.token() != Some(token) {
+                break;
+            }
+            tracing::warn!(
+                vm_id,
+                "deleting an instance no record knows (its agent never registered)"
+            );
+            match self.provider.delete(vm_id).await {
+                Ok(()) => {
+                    control.orphans_deleted += 1;
+                    self.orphans_seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(vm_id);
+                }
+                Err(err) => tracing::warn!(vm_id, error = %err, "deleting an orphan failed"),
+            }
+        }
+        for (vm_id, why) in &found.lost {
+            tracing::warn!(vm_id, why = why.as_str(), "VM lost at the provider");
+        }
+        control.vms_lost += found.lost.len() as u64;
+        found.lost.into_iter().map(|(id, _)| id).collect()
     }
 
     /// One observe → plan → act pass under fencing token `token`.
@@ -158,6 +397,10 @@ impl Reconciler {
 
         // Observe.
         let vms_now = vms::views(store).await?;
+        let mut provider_control = previous.provider.clone();
+        let lost = self
+            .sync_inventory(token, now, &vms_now, &mut provider_control)
+            .await;
         let (placed, pending) = routing::game_counts(store).await?;
         let starts: u64 = store
             .client()
@@ -231,20 +474,12 @@ impl Reconciler {
                 desired,
                 idle_since_ms,
                 below_since_ms: previous.below_since_ms,
+                lost,
             },
             &plan_params,
         );
 
         // Act.
-        let scaled = planned.actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::Create { .. }
-                    | Action::Drain { .. }
-                    | Action::Undrain { .. }
-                    | Action::Fail { .. }
-            )
-        });
         let mut control = Control {
             desired_vms: planned.target,
             inputs,
@@ -255,14 +490,49 @@ impl Reconciler {
             measured_ms: now,
             below_since_ms: planned.below_since_ms,
             idle_since_ms,
+            provider: provider_control,
         };
+        // After a failed create: nothing until the pause ends, then one probe at a time.
+        let paused = control.provider.paused_until_ms.is_some_and(|t| t > now);
+        let probing = control.provider.pause_ms > 0;
+        let in_flight = self.creates.in_flight.load(Ordering::Relaxed);
+        let mut actions = planned.actions.clone();
+        for action in &mut actions {
+            if let Action::Create { count } = action {
+                if paused || (probing && in_flight > 0) {
+                    *count = 0;
+                } else if probing {
+                    *count = (*count).min(1);
+                }
+            }
+        }
+        if paused {
+            if let Some(err) = &control.provider.last_error {
+                control.status = format!(
+                    "{}; creates paused until {} after a {} error: {}",
+                    planned.reason,
+                    crate::model::rfc3339_ms(control.provider.paused_until_ms.unwrap_or(now)),
+                    err.kind,
+                    err.message
+                );
+            }
+        }
+        let scaled = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Create { count: 1.. }
+                    | Action::Drain { .. }
+                    | Action::Undrain { .. }
+                    | Action::Fail { .. }
+            )
+        });
         if scaled {
             control.last_scaling = Some(planned.reason.clone());
             control.last_scaling_at = Some(crate::model::rfc3339_ms(now));
-            tracing::info!(reason = %planned.reason, actions = ?planned.actions, "reconcile");
+            tracing::info!(reason = %planned.reason, actions = ?actions, "reconcile");
         }
         let mut moved_games = false;
-        for action in &planned.actions {
+        for action in &actions {
             if self.leadership.token() != Some(token) {
                 break;
             }
@@ -278,15 +548,7 @@ impl Reconciler {
         if moved_games {
             routing::place_pending(store, s.placement, None).await?;
         }
-        let json = serde_json::to_string(&control).unwrap_or_default();
-        let _: () = store
-            .client()
-            .hset(
-                &k.ctl,
-                [("state", json), ("formula", s.formula.text().to_string())],
-            )
-            .await?;
-        Ok(())
+        write_control(store, &control, s.formula.text()).await
     }
 
     /// Counts arrivals against open reservations and drops ended ones. Returns `reserved` and
@@ -348,15 +610,11 @@ impl Reconciler {
                     )
                     .await?;
                     if let TransitionResult::Ok { vm_id, .. } = added {
-                        let spec = VmSpec {
-                            vm_id: vm_id.clone(),
+                        self.spawn_create(VmSpec {
+                            vm_id,
                             capacity: self.settings.games_per_vm,
-                        };
-                        // A failed create leaves the record provisioning: the boot timeout
-                        // fails it and the next pass replaces it.
-                        if let Err(err) = self.provider.create(&spec).await {
-                            tracing::warn!(vm_id, error = %err, "create failed");
-                        }
+                            secret: String::new(),
+                        });
                     }
                 }
                 Ok(false)
@@ -399,6 +657,34 @@ impl Reconciler {
                 Ok(true)
             }
         }
+    }
+
+    /// Creates the VM in the background; its outcome comes back to the loop. A crash before it
+    /// ends leaves the record provisioning: the boot timeout fails it and the next pass
+    /// replaces it.
+    fn spawn_create(&self, spec: VmSpec) {
+        let provider = self.provider.clone();
+        let slots = self.creates.slots.clone();
+        let tx = self.creates.tx.clone();
+        let cancel = self.creates.cancel.clone();
+        let in_flight = self.creates.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        self.creates.tasks.spawn(async move {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => None,
+                r = async {
+                    let _slot = slots.acquire().await;
+                    provider.create(&spec).await
+                } => Some(r),
+            };
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(result) = result {
+                let _ = tx.send(CreateDone {
+                    vm_id: spec.vm_id,
+                    result,
+                });
+            }
+        });
     }
 
     /// For a dead VM: queue again what its stream still holds, delete it at the provider,

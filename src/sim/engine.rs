@@ -393,6 +393,7 @@ impl<'a> Pool<'a> {
             desired: self.desired,
             idle_since_ms: self.idle_since_ms,
             below_since_ms: self.below_since_ms,
+            lost: Vec::new(),
         };
         let decided = plan(&snapshot, &self.plan_params);
         self.below_since_ms = decided.below_since_ms;
