@@ -4,11 +4,14 @@
 //! # Expected flow
 //! 1. Probe the sandbox (a real sandboxed run) and the runtimes; refuse to start if it fails.
 //! 2. Wait out the boot delay (local provider only), register the VM Ready with its capacity
-//!    and languages, and place pending games on it (their backlogs arrive on its stream).
+//!    and languages, and place pending games on it (their backlogs arrive on its stream). Redis
+//!    unreachable at boot is retried, up to the orphan timeout (see `lifecycle`).
 //! 3. Read the stream through the consumer group: first this VM's unacknowledged entries (a
 //!    previous agent process died mid-run: they run again as a new attempt), then new ones,
 //!    never more at once than there are sandbox slots.
 //! 4. For each entry: `start` (queued → running), run, `finish` (one result per execution).
+//! 5. Until something ends the agent (`lifecycle::ExitReason`): a signal, the pool declaring
+//!    the VM dead, or Redis silence. [`main`] then hands the VM to `lifecycle::Disposal`.
 //!
 //! # Guarantees
 //! - No inbound port: the agent only dials Redis.
@@ -16,8 +19,10 @@
 //! - On SIGTERM the agent takes nothing new and finishes what runs (up to a grace period).
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,16 +32,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use warmpool::executions::{self, Finish, Start};
-use warmpool::model::{ErrorDetail, Job, VmState};
+use warmpool::model::{ErrorDetail, Job};
 use warmpool::pool::vms;
 use warmpool::routing::{self, Placement};
 use warmpool::store::{keys::GROUP, RedisSettings, Store};
 
+use crate::lifecycle::{self, Disposal, Exit, ExitReason, OnExit, Stop};
+use crate::metadata;
 use crate::sandbox::{Backend, Sandbox, SandboxConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "warmpool-agent", version, about = "warmpool's VM agent")]
 pub struct Cli {
+    /// Read the VM's settings from Compute Engine instance metadata first (see
+    /// `agent/deploy/README.md`); waits for the metadata server up to
+    /// WARMPOOL_AGENT_METADATA_TIMEOUT_S (default 60). Handled in `main` before this parser runs:
+    /// declared here so that clap accepts it and `--help` lists it.
+    #[arg(long, env = metadata::FROM_METADATA_ENV, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub from_metadata: bool,
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
     #[command(flatten)]
@@ -99,16 +112,112 @@ pub struct Settings {
     /// Seconds a SIGTERM'd agent lets running executions finish.
     #[arg(long, env = "WARMPOOL_AGENT_GRACE_S", default_value_t = 30)]
     pub grace_s: u64,
+    /// This VM's own secret, from the orchestrator (never logged).
+    #[arg(
+        long,
+        env = "WARMPOOL_VM_SECRET",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub vm_secret: Secret,
+    /// Seconds without a successful Redis round trip (registration, then heartbeats) after
+    /// which the agent is an orphan: it stops and shuts its VM down (WARMPOOL_AGENT_ON_EXIT).
+    #[arg(long, env = "WARMPOOL_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
+    pub orphan_timeout_s: u64,
+    /// What a retired or orphaned agent does to its VM: `none`, `delete-instance` (falls back
+    /// to `poweroff`) or `poweroff`. A SIGTERM never shuts the VM down.
+    #[arg(long, env = "WARMPOOL_AGENT_ON_EXIT", value_enum, default_value_t = OnExit::None)]
+    pub on_exit: OnExit,
+    /// The poweroff command, split on whitespace (no shell).
+    #[arg(long, env = "WARMPOOL_AGENT_POWEROFF_CMD", default_value = "poweroff")]
+    pub poweroff_cmd: String,
+    /// Origin of the Compute API, for the self-delete.
+    #[arg(
+        long,
+        env = "WARMPOOL_AGENT_COMPUTE_ENDPOINT",
+        default_value = "https://compute.googleapis.com"
+    )]
+    pub compute_endpoint: String,
+    /// The metadata server (the self-delete's token; the bootstrap reads it too).
+    #[arg(long, env = "WARMPOOL_METADATA_URL", default_value = metadata::DEFAULT_URL)]
+    pub metadata_url: String,
+    /// This VM's instance, `projects/P/zones/Z/instances/N`: what `delete-instance` deletes.
+    /// Set by --from-metadata.
+    #[arg(long, env = metadata::INSTANCE_ENV, default_value = "")]
+    pub instance: String,
 }
 
-pub async fn main(cli: Cli) -> anyhow::Result<()> {
+impl Settings {
+    /// What to do with the VM at the end, checked now.
+    pub fn disposal(&self) -> anyhow::Result<Disposal> {
+        let instance = match self.instance.trim() {
+            "" => None,
+            path => Some(
+                path.parse()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", metadata::INSTANCE_ENV))?,
+            ),
+        };
+        let disposal = Disposal {
+            on_exit: self.on_exit,
+            instance,
+            metadata_url: self.metadata_url.clone(),
+            compute_endpoint: self.compute_endpoint.clone(),
+            poweroff_cmd: self
+                .poweroff_cmd
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        };
+        disposal.check()?;
+        Ok(disposal)
+    }
+}
+
+/// A value that must not reach a log: `Debug` shows only whether it is set.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(empty)"
+        } else {
+            "Secret(redacted)"
+        })
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Runs the command; for the agent itself, then disposes of the VM as its end demands.
+pub async fn main(cli: Cli) -> anyhow::Result<Exit> {
+    let disposal = cli.settings.disposal()?;
     let sandbox = Arc::new(make_sandbox(&cli.settings).await?);
     match cli.command {
         Some(AgentCommand::BenchSandbox {
             runs,
             language,
             code,
-        }) => bench_sandbox(&sandbox, runs, &language, &code).await,
+        }) => bench_sandbox(&sandbox, runs, &language, &code)
+            .await
+            .map(|()| Exit::Stopped),
         None => {
             let shutdown = CancellationToken::new();
             let token = shutdown.clone();
@@ -124,7 +233,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 }
                 token.cancel();
             });
-            run(cli.settings, sandbox, shutdown).await
+            let reason = run(cli.settings, sandbox, shutdown).await?;
+            Ok(disposal.carry_out(&reason).await)
         }
     }
 }
@@ -149,12 +259,12 @@ async fn make_sandbox(s: &Settings) -> anyhow::Result<Sandbox> {
     .context("sandbox probe failed; refusing to run untrusted code")
 }
 
-/// Runs the agent until `shutdown` (or until the pool declares its VM dead).
+/// Runs the agent until something ends it, and says what (see `lifecycle`).
 pub async fn run(
     settings: Settings,
     sandbox: Arc<Sandbox>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitReason> {
     anyhow::ensure!(
         !settings.vm_id.is_empty(),
         "WARMPOOL_VM_ID (--vm-id): required"
@@ -168,35 +278,48 @@ pub async fn run(
         pool_size: 2,
         command_timeout: Duration::from_secs(5),
     };
-    let store = Store::connect(&redis, &settings.pool).await?;
-    // XREADGROUP BLOCK holds its connection: it gets one of its own.
-    let reader = warmpool::store::builder(&redis)?.build()?;
-    reader.init().await?;
+    // A URL that cannot be parsed will not parse on a retry either.
+    warmpool::store::builder(&redis).context("WARMPOOL_REDIS_URL")?;
+    let stop = Stop::new(&shutdown);
+    let orphan_after = Duration::from_secs(settings.orphan_timeout_s.max(1));
 
     let languages = sandbox.languages();
-    tracing::info!(vm_id = %settings.vm_id, languages = ?languages.iter().map(|l| &l.name).collect::<Vec<_>>(), "agent up");
+    tracing::info!(
+        vm_id = %settings.vm_id,
+        pool = %settings.pool,
+        capacity = settings.capacity,
+        slots = settings.slots,
+        languages = ?languages.iter().map(|l| &l.name).collect::<Vec<_>>(),
+        "agent up"
+    );
     if settings.boot_delay_ms > 0 {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(stop.reason()),
             _ = tokio::time::sleep(Duration::from_millis(settings.boot_delay_ms)) => {}
         }
     }
     let vm_id = settings.vm_id.clone();
-    let agent_version = concat!("warmpool-agent/", env!("CARGO_PKG_VERSION"));
-    match vms::register(&store, &vm_id, settings.capacity, &languages, agent_version).await? {
-        Some(games) => tracing::info!(vm_id, games, "registered Ready"),
-        None => anyhow::bail!("the pool declared VM {vm_id} dead; not registering"),
-    }
-    let placed = routing::place_pending(&store, settings.placement, Some(&vm_id)).await?;
-    if placed > 0 {
-        tracing::info!(vm_id, placed, "placed pending games");
+    let Some(Registered {
+        store,
+        reader,
+        at: registered_at,
+    }) = register(&settings, &redis, &languages, orphan_after, &stop).await
+    else {
+        return Ok(stop.reason());
+    };
+    match routing::place_pending(&store, settings.placement, Some(&vm_id)).await {
+        Ok(0) => {}
+        Ok(placed) => tracing::info!(vm_id, placed, "placed pending games"),
+        // The orchestrator places them too: not a reason to stop.
+        Err(err) => tracing::warn!(vm_id, error = %err, "placing pending games failed"),
     }
 
-    let stop = shutdown.child_token();
-    let heartbeat = tokio::spawn(heartbeat_loop(
+    let heartbeat = tokio::spawn(lifecycle::watch(
         store.clone(),
         vm_id.clone(),
         Duration::from_millis(settings.heartbeat_interval_ms.max(50)),
+        orphan_after,
+        registered_at,
         stop.clone(),
     ));
 
@@ -275,10 +398,117 @@ pub async fn run(
         tracing::warn!("running executions did not finish within the grace period");
     }
     let _ = heartbeat.await;
-    let _ = reader.quit().await;
-    store.quit().await;
-    tracing::info!(vm_id, "agent stopped");
-    Ok(())
+    quit(&store, &reader).await;
+    let reason = stop.reason();
+    tracing::info!(vm_id, %reason, "agent stopped");
+    Ok(reason)
+}
+
+/// A registered VM's connections.
+struct Registered {
+    store: Store,
+    /// XREADGROUP BLOCK holds its connection: it gets one of its own.
+    reader: fred::clients::Client,
+    /// The first successful round trip: the dead-man's switch counts from here.
+    at: Instant,
+}
+
+/// Connects and registers the VM Ready, retrying for up to `orphan_after`: a VM that never
+/// reaches Redis is an orphan too. `None` when the agent must stop instead (`stop` says why).
+async fn register(
+    settings: &Settings,
+    redis: &RedisSettings,
+    languages: &[warmpool::model::LanguageInfo],
+    orphan_after: Duration,
+    stop: &Stop,
+) -> Option<Registered> {
+    let started = Instant::now();
+    let give_up = tokio::time::Instant::from_std(started + orphan_after);
+    let agent_version = concat!("warmpool-agent/", env!("CARGO_PKG_VERSION"));
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let store = Store::connect(redis, &settings.pool).await?;
+            let reader = match connect_reader(redis).await {
+                Ok(r) => r,
+                Err(err) => {
+                    store.quit().await;
+                    return Err(err);
+                }
+            };
+            match vms::register(
+                &store,
+                &settings.vm_id,
+                settings.capacity,
+                languages,
+                agent_version,
+            )
+            .await
+            {
+                Ok(games) => Ok((store, reader, games)),
+                Err(err) => {
+                    quit(&store, &reader).await;
+                    Err(err.into())
+                }
+            }
+        };
+        let outcome: Result<anyhow::Result<_>, _> = tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = tokio::time::timeout_at(give_up, attempt) => r,
+        };
+        let err = match outcome {
+            Ok(Ok((store, reader, Some(games)))) => {
+                tracing::info!(vm_id = %settings.vm_id, games, "registered Ready");
+                return Some(Registered {
+                    store,
+                    reader,
+                    at: Instant::now(),
+                });
+            }
+            Ok(Ok((store, reader, None))) => {
+                quit(&store, &reader).await;
+                stop.end(ExitReason::Retired);
+                return None;
+            }
+            Ok(Err(err)) => err,
+            Err(_elapsed) => {
+                stop.end(ExitReason::Orphaned {
+                    silent_for: started.elapsed(),
+                });
+                return None;
+            }
+        };
+        tracing::warn!(
+            vm_id = %settings.vm_id,
+            error = format!("{err:#}"),
+            orphan_in_s = give_up.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+            "registering failed; retrying"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep_until(give_up) => {
+                stop.end(ExitReason::Orphaned { silent_for: started.elapsed() });
+                return None;
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn connect_reader(redis: &RedisSettings) -> anyhow::Result<fred::clients::Client> {
+    let reader = warmpool::store::builder(redis)?.build()?;
+    reader.init().await?;
+    Ok(reader)
+}
+
+/// Closes both connections; bounded, since with Redis gone QUIT may wait for a reconnect.
+async fn quit(store: &Store, reader: &fred::clients::Client) {
+    let both = async {
+        let _ = reader.quit().await;
+        store.quit().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), both).await;
 }
 
 /// Runs one stream entry to its end.
@@ -289,7 +519,7 @@ async fn handle(
     execution_id: &str,
     entry_id: &str,
     retention_ms: u64,
-    stop: &CancellationToken,
+    stop: &Stop,
 ) -> anyhow::Result<()> {
     let (attempt, job_json) =
         match executions::start(store, vm_id, execution_id, retention_ms).await? {
@@ -299,7 +529,7 @@ async fn handle(
                 return Ok(());
             }
             Start::VmDead => {
-                stop.cancel();
+                stop.end(ExitReason::Retired);
                 return Ok(());
             }
         };
@@ -344,26 +574,6 @@ async fn handle(
         }
     }
     anyhow::bail!("could not write the result of {execution_id}")
-}
-
-async fn heartbeat_loop(store: Store, vm_id: String, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match vms::heartbeat(&store, &vm_id).await {
-            Ok(Some(VmState::Dead)) | Ok(None) => {
-                tracing::warn!(vm_id, "the pool no longer knows this VM as alive; stopping");
-                stop.cancel();
-                return;
-            }
-            Ok(Some(_)) => {}
-            Err(err) => tracing::warn!(vm_id, error = %err, "heartbeat failed"),
-        }
-    }
 }
 
 /// The sandbox alone, N times: the baseline the end-to-end bench is compared with.
