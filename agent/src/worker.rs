@@ -480,7 +480,7 @@ async fn register(
         };
         tracing::warn!(
             vm_id = %settings.vm_id,
-            error = format!("{err:#}"),
+            error = %err,
             orphan_in_s = give_up.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
             "registering failed; retrying"
         );
