@@ -1,0 +1,426 @@
+//! The Compute Engine provider end to end: a real orchestrator replica drives the official
+//! `google-cloud-compute-v1` client against the fake Compute Engine of `fake-gce/`, which
+//! launches a real `warmpool-agent --from-metadata` for every instance it runs. The agents
+//! boot from instance metadata alone, register in a real redis-server and run executions in
+//! real bwrap sandboxes.
+//!
+//! Conditions are awaited with deadlines, never with sleeps.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use warmpool_fake_gce::{FakeGce, FakeGceConfig, Method};
+
+const LONG: Duration = Duration::from_secs(40);
+
+async fn fake() -> FakeGce {
+    FakeGce::start(FakeGceConfig {
+        agent_bin: Some(agent_bin()),
+        agent_env: vec![("WARMPOOL_LOG".into(), "warn,warmpool_agent=info".into())],
+        ..FakeGceConfig::default()
+    })
+    .await
+    .expect("start the fake Compute Engine")
+}
+
+/// A replica on the gce provider, pointed at `fake`, with short timers. One VM per game.
+fn gce_config(pool: &str, fake: &FakeGce, uid_base: u32) -> Config {
+    let mut c = test_config(pool);
+    c.provider = "gce".into();
+    c.gce.project = Some(fake.project().to_string());
+    c.gce.zones = Some("zone-a,zone-b".into());
+    c.gce.agent_image = "registry.invalid/warmpool/agent:test".into();
+    c.gce.endpoint = Some(fake.endpoint());
+    c.gce.credentials = "anonymous".into();
+    c.gce.poll_ms = 20;
+    c.gce.operation_timeout_s = 20.0;
+    c.gce.agent_env = format!(
+        "WARMPOOL_AGENT_SANDBOX=bwrap,WARMPOOL_SANDBOX_CGROUPS=off,\
+         WARMPOOL_SANDBOX_UID_BASE={uid_base},WARMPOOL_AGENT_SLOTS=2,\
+         WARMPOOL_HEARTBEAT_INTERVAL_MS=200,WARMPOOL_AGENT_ORPHAN_TIMEOUT_S=3"
+    );
+    // Exactly one VM per game (placed or waiting), so tests can count.
+    c.games_per_vm = 1;
+    c.pool_formula = Some("games + pending".into());
+    c.max_vms = 6;
+    c.reconcile_interval_s = 0.2;
+    c.provider_sync_interval_s = 0.3;
+    c.orphan_grace_s = 2.0;
+    c.boot_timeout_s = 30.0;
+    c.heartbeat_timeout_s = 10.0;
+    c.scale_down_delay_s = 0.5;
+    c.idle_timeout_s = 1.0;
+    c.leader_ttl_ms = 1_000;
+    c
+}
+
+async fn pool(api: &Api) -> Value {
+    let r = api.get("/v1/pool").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+fn vm_ids(pool: &Value) -> Vec<String> {
+    pool["vms"]
+        .as_array()
+        .map(|vms| {
+            vms.iter()
+                .filter_map(|v| v["vm_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Instances the fake runs (not deleted, not failed by a stockout), by name.
+fn running(fake: &FakeGce) -> Vec<String> {
+    fake.instances().into_iter().map(|i| i.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_scales_up_from_zero_on_compute_engine_and_back_to_zero() {
+    let redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    let replica = Replica::start(gce_config("gce-up", &fake, 63_300), &redis.url()).await;
+    let api = replica.api();
+    assert!(running(&fake).is_empty());
+
+    // A game arrives at an empty pool: its execution waits, a VM is created, boots from its
+    // metadata and runs it.
+    let r = api.submit("g1", python("print('hello from gce')"), 0).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["execution_id"].as_str().unwrap().to_string();
+    let done = api.wait_final(&id, LONG).await;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["result"]["stdout"], "hello from gce\n");
+    assert_eq!(done["vm_id"], "gce-up-1");
+
+    let instances = fake.instances();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let vm = &instances[0];
+    assert_eq!(
+        (vm.zone.as_str(), vm.name.as_str()),
+        ("zone-a", "wp-gce-up-1")
+    );
+    assert_eq!(vm.labels["warmpool-pool"], "gce-up");
+    assert_eq!(vm.labels["warmpool-vm"], "gce-up-1");
+    assert_eq!(vm.metadata["warmpool-vm-id"], "gce-up-1");
+    assert_eq!(vm.metadata["warmpool-redis-url"], redis.url());
+    let c = fake.counters();
+    assert_eq!((c.insert_calls, c.instances_created), (1, 1), "{c:?}");
+
+    // The game ends: the pool drains to zero and the instance is deleted, its agent gone.
+    let agent = vm.agent_pid.expect("the agent's pid");
+    assert_eq!(api.send("DELETE", "/v1/games/g1", None).await.status, 204);
+    eventually(LONG, "the pool to scale back to zero", || {
+        let fake = fake.clone();
+        async move { running(&fake).is_empty().then_some(()) }
+    })
+    .await;
+    eventually(LONG, "the VM record to be forgotten", || {
+        let api = api.clone();
+        async move { vm_ids(&pool(&api).await).is_empty().then_some(()) }
+    })
+    .await;
+    assert_eq!(warmpool_fake_gce::live_processes_in_groups(&[agent]), 0);
+    let c = fake.counters();
+    assert_eq!(c.instances_created, 1, "{c:?}");
+    replica.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stockouts_rate_limits_and_lost_answers_make_exactly_one_instance_per_vm() {
+    let redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    fake.set_stockout("zone-a", true);
+    fake.fail_next(Method::Insert, 2, 429);
+    fake.fail_next(Method::Insert, 1, 503);
+    fake.lose_next_insert_responses(2);
+    let replica = Replica::start(gce_config("gce-faults", &fake, 63_310), &redis.url()).await;
+    let api = replica.api();
+
+    let mut ids = Vec::new();
+    for game in ["g1", "g2", "g3"] {
+        let r = api
+            .submit(game, python(&format!("print('{game}')")), 0)
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(r.body["execution_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let done = api.wait_final(id, LONG).await;
+        assert_eq!(done["state"], "finished", "{done}");
+    }
+
+    // Every VM record has exactly one instance, all in the zone that had room.
+    let records = vm_ids(&pool(&api).await);
+    assert_eq!(records.len(), 3, "{records:?}");
+    let instances = fake.instances();
+    for vm in &records {
+        let named: Vec<_> = instances
+            .iter()
+            .filter(|i| i.name == format!("wp-{vm}"))
+            .collect();
+        assert_eq!(named.len(), 1, "{vm}: {instances:?}");
+        assert_eq!(named[0].zone, "zone-b");
+    }
+    let c = fake.counters();
+    // Created = the zone-b instances plus the zone-a ones the stockout took away again.
+    assert_eq!(c.instances_created - c.stockouts, 3, "{c:?}");
+    assert_eq!(c.insert_responses_lost, 2, "{c:?}");
+    assert!(c.duplicate_inserts_deduplicated >= 2, "{c:?}");
+    // Nothing failed as far as the pool is concerned.
+    let p = pool(&api).await;
+    assert_eq!(p["provider"]["last_error"], Value::Null, "{p}");
+    assert_eq!(p["provider"]["creates_failed"], 0);
+    replica.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_error_fails_the_vm_is_shown_and_is_not_repeated() {
+    let redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    let image = "projects/warmpool-test/global/images/does-not-exist";
+    fake.add_missing_image(image);
+    let mut config = gce_config("gce-bad", &fake, 63_320);
+    config.gce.image = image.into();
+    let replica = Replica::start(config, &redis.url()).await;
+    let api = replica.api();
+
+    let r = api.submit("g1", python("print(1)"), 0).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let p = eventually(LONG, "the failure in GET /v1/pool", || {
+        let api = api.clone();
+        async move {
+            let p = pool(&api).await;
+            (p["provider"]["last_error"]["kind"] == "config").then_some(p)
+        }
+    })
+    .await;
+    let error = &p["provider"]["last_error"];
+    assert_eq!(error["vm_id"], "gce-bad-1");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does-not-exist"),
+        "{p}"
+    );
+    assert!(p["provider"]["creates_paused_until"].is_string(), "{p}");
+    assert!(p["status"].as_str().unwrap_or("").contains("paused"), "{p}");
+
+    // Several more passes, each with an inventory sync (seen in last_sync), and the game
+    // still pending: still one insert.
+    let syncs = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    eventually(LONG, "three more reconcile passes", || {
+        let api = api.clone();
+        let seen = syncs.clone();
+        async move {
+            let _ = api.send("POST", "/v1/pool/reconcile", None).await;
+            let p = pool(&api).await;
+            let mut seen = seen.lock().unwrap();
+            seen.insert(p["provider"]["last_sync"].to_string());
+            (seen.len() >= 4).then_some(())
+        }
+    })
+    .await;
+    let p = pool(&api).await;
+    assert_eq!(p["games"]["pending"], 1, "{p}");
+    let c = fake.counters();
+    assert_eq!(c.insert_calls, 1, "{c:?}");
+    assert_eq!(c.instances_created, 0, "{c:?}");
+    replica.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_vm_moves_its_games_and_loses_no_execution() {
+    let redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    let mut config = gce_config("gce-spot", &fake, 63_330);
+    config.gce.spot = true;
+    // Only the provider can notice the loss in time: the heartbeat timeout is far away.
+    config.heartbeat_timeout_s = 60.0;
+    let replica = Replica::start(config, &redis.url()).await;
+    let api = replica.api();
+
+    // A long execution runs on the game's VM when the VM is preempted.
+    let r = api
+        .submit(
+            "g1",
+            python("import time\ntime.sleep(2)\nprint('survived')"),
+            0,
+        )
+        .await;
+    let id = r.body["execution_id"].as_str().unwrap().to_string();
+    let vm = eventually(LONG, "the execution to run", || {
+        let api = api.clone();
+        let id = id.clone();
+        async move {
+            let r = api.execution(&id, 0).await;
+            (r.body["state"] == "running").then(|| r.body["vm_id"].as_str().unwrap().to_string())
+        }
+    })
+    .await;
+    let queued = api.submit("g1", python("print('queued behind')"), 0).await;
+    let queued_id = queued.body["execution_id"].as_str().unwrap().to_string();
+    let instance = fake
+        .instances()
+        .into_iter()
+        .find(|i| i.name == format!("wp-{vm}"))
+        .expect("the VM's instance");
+    fake.preempt(&instance.zone, &instance.name).unwrap();
+
+    let done = api.wait_final(&id, LONG).await;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["result"]["stdout"], "survived\n");
+    assert_ne!(done["vm_id"], vm.as_str(), "it ran again elsewhere: {done}");
+    let after = api.wait_final(&queued_id, LONG).await;
+    assert_eq!(after["state"], "finished", "{after}");
+    let p = pool(&api).await;
+    assert_eq!(p["provider"]["vms_lost"], 1, "{p}");
+    assert!(!vm_ids(&p).contains(&vm), "{p}");
+    // The preempted instance is deleted, not left TERMINATED.
+    eventually(LONG, "the preempted instance to be deleted", || {
+        let fake = fake.clone();
+        let name = instance.name.clone();
+        async move { (!running(&fake).contains(&name)).then_some(()) }
+    })
+    .await;
+    replica.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_instance_is_adopted_when_its_agent_registers_and_deleted_when_not() {
+    let redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    let mut config = gce_config("gce-orphan", &fake, 63_340);
+    // No scale-down within the test (the adopted VM is one more than the pool needs).
+    config.scale_down_delay_s = 600.0;
+    let replica = Replica::start(config.clone(), &redis.url()).await;
+    let api = replica.api();
+    // One game: one VM of the pool's own.
+    assert_eq!(api.put_game("g1").await.status, 201);
+    let first = eventually(LONG, "the pool's own VM to be ready", || {
+        let api = api.clone();
+        async move {
+            let p = pool(&api).await;
+            let vm = p["vms"]
+                .as_array()?
+                .iter()
+                .find(|v| v["state"] == "ready")?;
+            vm["vm_id"].as_str().map(String::from)
+        }
+    })
+    .await;
+
+    // Two instances nobody recorded (left by a replica that died mid-create, say): one with
+    // a working agent, one whose agent cannot start.
+    let labels = |vm: &str| {
+        BTreeMap::from([
+            ("warmpool-pool".to_string(), "gce-orphan".to_string()),
+            ("warmpool-vm".to_string(), vm.to_string()),
+        ])
+    };
+    let settings = config.gce.settings("gce-orphan", &redis.url()).unwrap();
+    let metadata = |vm: &str| -> BTreeMap<String, String> {
+        settings
+            .metadata_items(&warmpool::gce::config::VmMetadata {
+                vm_id: vm,
+                capacity: 1,
+                secret: "",
+            })
+            .into_iter()
+            .collect()
+    };
+    fake.insert_unmanaged(
+        "zone-b",
+        "wp-gce-orphan-77",
+        labels("gce-orphan-77"),
+        metadata("gce-orphan-77"),
+    )
+    .unwrap();
+    let mut broken = metadata("gce-orphan-78");
+    broken.remove("warmpool-redis-url");
+    fake.insert_unmanaged(
+        "zone-b",
+        "wp-gce-orphan-78",
+        labels("gce-orphan-78"),
+        broken,
+    )
+    .unwrap();
+
+    eventually(LONG, "the working orphan to be adopted", || {
+        let api = api.clone();
+        async move {
+            let p = pool(&api).await;
+            p["vms"]
+                .as_array()?
+                .iter()
+                .any(|v| v["vm_id"] == "gce-orphan-77" && v["state"] == "ready")
+                .then_some(())
+        }
+    })
+    .await;
+    eventually(LONG, "the broken orphan to be deleted", || {
+        let fake = fake.clone();
+        async move { (!running(&fake).contains(&"wp-gce-orphan-78".to_string())).then_some(()) }
+    })
+    .await;
+    // The adopted VM takes the next game (the pool's own VM is full).
+    let r = api
+        .submit("g2", python("print('on the adopted VM')"), 30)
+        .await;
+    assert_eq!(r.body["state"], "finished", "{}", r.body);
+    assert_eq!(r.body["vm_id"], "gce-orphan-77", "{}", r.body);
+    let p = pool(&api).await;
+    assert_eq!(p["provider"]["orphans_deleted"], 1, "{p}");
+    let names = running(&fake);
+    assert!(names.contains(&"wp-gce-orphan-77".to_string()), "{names:?}");
+    assert!(names.contains(&format!("wp-{first}")), "{names:?} {p}");
+    replica.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_loses_redis_deletes_its_own_vm() {
+    let mut redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    let mut config = gce_config("gce-deadman", &fake, 63_350);
+    config.min_vms = 1;
+    let replica = Replica::start(config, &redis.url()).await;
+    let api = replica.api();
+    eventually(LONG, "a ready VM", || {
+        let api = api.clone();
+        async move {
+            let p = pool(&api).await;
+            p["vms"]
+                .as_array()?
+                .iter()
+                .any(|v| v["state"] == "ready")
+                .then_some(())
+        }
+    })
+    .await;
+    // Every replica goes (scaled to zero), then Redis: nobody is left to delete the VM.
+    replica.stop().await;
+    assert_eq!(running(&fake).len(), 1);
+    let agent = fake.instances()[0].agent_pid.expect("the agent's pid");
+    redis.kill();
+
+    eventually(LONG, "the agent to delete its own instance", || {
+        let fake = fake.clone();
+        async move { running(&fake).is_empty().then_some(()) }
+    })
+    .await;
+    let c = fake.counters();
+    assert_eq!(c.self_deletes, 1, "{c:?}");
+    assert_eq!(warmpool_fake_gce::live_processes_in_groups(&[agent]), 0);
+    fake.shutdown().await;
+}
