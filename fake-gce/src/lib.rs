@@ -303,6 +303,7 @@ impl FakeGce {
 
     /// Creates a RUNNING instance directly (agent launched), as if someone else had inserted
     /// it: for orphan tests. Not counted in `instances_created`. Must run inside the runtime.
+    /// Fails if the instance exists or its agent cannot be started.
     pub fn insert_unmanaged(
         &self,
         zone: &str,
@@ -356,7 +357,7 @@ impl FakeGce {
             token: rest::new_token(),
             agent: None,
         };
-        lifecycle::launch_agent(shared, &mut instance);
+        lifecycle::launch_agent(shared, &mut instance).context("launching the agent")?;
         state.instances.insert(key, instance);
         Ok(())
     }

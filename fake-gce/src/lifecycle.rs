@@ -81,7 +81,13 @@ pub(crate) async fn run_insert(shared: Arc<Shared>, op_name: String, key: Key, i
         .filter(|i| i.id == id && i.status == InstanceStatus::Staging)
     {
         instance.status = InstanceStatus::Running;
-        launch_agent(&shared, instance);
+        if let Err(err) = launch_agent(&shared, instance) {
+            tracing::error!(
+                instance = %instance.name,
+                error = %err,
+                "could not launch the fake VM's agent; the VM stays up without one"
+            );
+        }
     }
 }
 
@@ -125,9 +131,9 @@ fn finish_ops_on_target(state: &mut State, target_id: u64) {
 /// Launches the agent of a RUNNING instance (when an agent binary is configured). Spawning
 /// under the state lock costs a fork+exec but leaves no window in which a delete could miss
 /// the agent.
-pub(crate) fn launch_agent(shared: &Shared, instance: &mut Instance) {
+pub(crate) fn launch_agent(shared: &Shared, instance: &mut Instance) -> std::io::Result<()> {
     let Some(bin) = &shared.settings.agent_bin else {
-        return;
+        return Ok(());
     };
     let spec = LaunchSpec {
         bin,
@@ -137,15 +143,8 @@ pub(crate) fn launch_agent(shared: &Shared, instance: &mut Instance) {
             shared.endpoint, instance.zone, instance.name
         ),
     };
-    match agents::launch(spec, &shared.tracker, &shared.cancel) {
-        Ok(agent) => instance.agent = Some(agent),
-        Err(err) => tracing::error!(
-            instance = %instance.name,
-            bin = %bin.display(),
-            error = %err,
-            "could not launch the fake VM's agent; the VM stays up without one"
-        ),
-    }
+    instance.agent = Some(agents::launch(spec, &shared.tracker, &shared.cancel)?);
+    Ok(())
 }
 
 fn stockout_error(project: &str, zone: &str) -> OpError {
