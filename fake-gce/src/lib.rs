@@ -58,6 +58,16 @@
 //!   a delete of an instance already being deleted gets its own operation that finishes with
 //!   the first. `operations/{op}/wait` returns after at most 2 s (GCE's waits up to 2 min).
 //! - Request ids are remembered for the fake's lifetime (GCE: a limited time).
+//!
+//! # What the official client does here (google-cloud-compute-v1 4.1, checked by the tests)
+//! - It sends `$alt=json` (percent-encoded as `%24alt`) and, except on operation gets,
+//!   `$apiVersion=<date>`; see [`FakeGce::request_log`] for the exact lines.
+//! - `poller().until_done()` polls `GET …/operations/{op}` (never `/wait`) and ends with
+//!   `Ok(op)` once the operation is DONE, *also when it failed*: callers must look at
+//!   `op.error` / `op.http_error_status_code`.
+//! - An insert (POST) is retried only with `.with_idempotency(true)` on the request builder;
+//!   with a `requestId` set that is safe, and a lost answer then costs no second instance.
+//! - It decodes fingerprints as URL-safe base64, so the fake writes them that way, as GCE does.
 
 mod agents;
 mod errors;
