@@ -20,8 +20,10 @@
   ARGV[2] capacity        games this VM takes
   ARGV[3] languages JSON  [{name, version, aliases}]
   ARGV[4] agent           agent version string
+  ARGV[5] secret          the secret from the VM's metadata ('' for none)
 
-  Returns {'ok', games, state} | {'dead'}
+  Returns {'ok', games, state} | {'dead'} | {'refused'} (the record holds a secret this agent
+  does not know: it is not the VM it claims to be)
 ]]
 local vm_state, vm_cap, vm_games, vm_running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_hb, vm_info, free, queue = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -33,12 +35,16 @@ local before = redis.call('HGET', vm_state, vm)
 if before == 'dead' then
   return { 'dead' }
 end
+local info = cjson.decode(redis.call('HGET', vm_info, vm) or '{}')
+if info.secret_sha1 and info.secret_sha1 ~= redis.sha1hex(ARGV[5] or '') then
+  return { 'refused' }
+end
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', queue, 'agents', '0', 'MKSTREAM')
 if not ok and not string.find(tostring(err), 'BUSYGROUP') then
   return redis.error_reply(tostring(err))
 end
 
-local info = cjson.decode(redis.call('HGET', vm_info, vm) or '{}')
+
 info.created = info.created or now
 if before == 'provisioning' or before == 'booting' then
   redis.call('LPUSH', boots, now - info.created)

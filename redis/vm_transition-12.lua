@@ -28,6 +28,8 @@
   ARGV[2] action
   ARGV[3] vm_id       (add: the id prefix)
   ARGV[4] capacity    (add) | '1' to evict (retire)
+  ARGV[5] secret      (add) the VM's secret: its SHA-1 is kept, and register_vm checks the
+                      agent's against it ('' for none)
 
   Returns {'fenced'} (the token is stale: nothing written) | {'ok', vm_id, moved game ids...}
         | {'busy', games, running} (retire refused) | {'skip', state} (not in the expected state)
@@ -71,7 +73,11 @@ if action == 'add' then
   redis.call('HSET', vm_cap, id, extra)
   redis.call('HSET', vm_games, id, 0)
   redis.call('HSET', vm_running, id, 0)
-  redis.call('HSET', vm_info, id, cjson.encode({ created = now, languages = {} }))
+  local info = { created = now, languages = {} }
+  if ARGV[5] and ARGV[5] ~= '' then
+    info.secret_sha1 = redis.sha1hex(ARGV[5])
+  end
+  redis.call('HSET', vm_info, id, cjson.encode(info))
   return { 'ok', id }
 end
 

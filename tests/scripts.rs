@@ -30,7 +30,7 @@ async fn vm_of(store: &Store, game: &str) -> Option<String> {
 
 async fn ready_vm(store: &Store, vm: &str, capacity: u32) {
     assert_eq!(
-        vms::register(store, vm, capacity, &[], "test")
+        vms::register(store, vm, capacity, &[], "test", "")
             .await
             .unwrap(),
         Some(0)
@@ -387,7 +387,7 @@ async fn a_dead_vm_cannot_register_or_start_work() {
         .await
         .unwrap();
     assert_eq!(
-        vms::register(&s, "vm-a", 1, &[], "test").await.unwrap(),
+        vms::register(&s, "vm-a", 1, &[], "test", "").await.unwrap(),
         None
     );
     assert_eq!(
@@ -395,10 +395,23 @@ async fn a_dead_vm_cannot_register_or_start_work() {
         Start::VmDead
     );
     assert_eq!(
-        vms::heartbeat(&s, "vm-a").await.unwrap(),
+        vms::heartbeat(&s, "vm-a").await.unwrap().state,
         Some(warmpool::model::VmState::Dead)
     );
-    assert_eq!(vms::heartbeat(&s, "vm-unknown").await.unwrap(), None);
+    assert_eq!(vms::heartbeat(&s, "vm-unknown").await.unwrap().state, None);
+}
+
+#[tokio::test]
+async fn a_heartbeat_tells_the_agent_whether_anybody_leads_the_pool() {
+    let redis = RedisServer::start().unwrap();
+    let s = common::store(&redis.url(), "hb-led").await;
+    vms::register(&s, "vm-a", 1, &[], "test", "").await.unwrap();
+    let beat = vms::heartbeat(&s, "vm-a").await.unwrap();
+    assert_eq!(beat.state, Some(warmpool::model::VmState::Ready));
+    assert!(!beat.led, "no replica holds the lease yet");
+    assert_eq!(beat.running, 0);
+    lead(&s).await;
+    assert!(vms::heartbeat(&s, "vm-a").await.unwrap().led);
 }
 
 #[tokio::test]
@@ -622,4 +635,40 @@ async fn a_vm_recorded_but_not_registered_keeps_its_creation_time() {
     // or it would fail every new VM at once as a boot timeout.
     assert!(now.saturating_sub(view.created_ms) < 60_000, "{view:?}");
     assert_eq!(view.state, warmpool::model::VmState::Provisioning);
+}
+
+#[tokio::test]
+async fn only_the_agent_with_the_vms_secret_registers_it() {
+    use warmpool::pool::vms::{Transition, TransitionResult};
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "sec").await;
+    let token = lead(&s).await;
+    let TransitionResult::Ok { vm_id, .. } = vms::transition_with_secret(
+        &s,
+        token,
+        "sec",
+        Transition::Add { capacity: 2 },
+        "the-secret",
+    )
+    .await
+    .unwrap() else {
+        panic!("add goes through");
+    };
+    for wrong in ["", "another"] {
+        assert_eq!(
+            vms::register(&s, &vm_id, 2, &[], "test", wrong)
+                .await
+                .unwrap(),
+            None,
+            "secret {wrong:?}"
+        );
+    }
+    let views = vms::views(&s).await.unwrap();
+    assert_eq!(views[0].state, warmpool::model::VmState::Provisioning);
+    assert_eq!(
+        vms::register(&s, &vm_id, 2, &[], "test", "the-secret")
+            .await
+            .unwrap(),
+        Some(0)
+    );
 }

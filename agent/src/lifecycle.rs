@@ -11,6 +11,10 @@
 //!    - [`ExitReason::Orphaned`]: no successful Redis round trip (the registration at boot,
 //!      then heartbeats: see [`watch`]) for `WARMPOOL_AGENT_ORPHAN_TIMEOUT_S`. Nobody can
 //!      give this VM work or see it: it must go.
+//!    - [`ExitReason::Unattended`]: Redis answers, but no orchestrator replica has held the
+//!      pool's leader lease, and nothing has run here, for `WARMPOOL_AGENT_ORPHAN_TIMEOUT_S`:
+//!      every replica is gone (scaled to zero, deleted), so nobody will retire this VM. A
+//!      replica that comes back finds the VM dead and creates what it needs.
 //! 2. The worker winds down as on SIGTERM (running executions get the grace period).
 //! 3. [`decide`] maps the reason and `WARMPOOL_AGENT_ON_EXIT` to an [`Action`] (pure), and
 //!    [`Disposal::carry_out`] does it:
@@ -30,9 +34,10 @@
 //!   off too, since a containerised agent cannot do it itself.
 //!
 //! # Caveats
-//! - Only Redis silence makes an orphan. A VM whose Redis is fine but whose pool has no
-//!   orchestrator replica left keeps heartbeating: nobody marks it dead. That is the
-//!   orchestrator's deployment to keep alive, not the agent's to guess.
+//! - Every replica of a pool runs for the leader lease, so "no leader" means "no replica".
+//!   An outage of every replica longer than the timeout (a broken deploy) therefore shuts the
+//!   idle VMs down; they come back as a cold start. Games leased to such a VM move when a
+//!   replica returns.
 //! - A Redis outage longer than the orphan timeout powers off every VM of the pool. Keep the
 //!   timeout well above a failover (seconds) and a planned Redis maintenance window.
 
@@ -57,6 +62,8 @@ pub enum ExitReason {
     Retired,
     /// No successful Redis round trip for this long.
     Orphaned { silent_for: Duration },
+    /// No replica led the pool, and nothing ran here, for this long.
+    Unattended { for_: Duration },
 }
 
 impl fmt::Display for ExitReason {
@@ -68,6 +75,12 @@ impl fmt::Display for ExitReason {
                 f,
                 "orphaned: no successful Redis round trip for {} s",
                 silent_for.as_secs()
+            ),
+            ExitReason::Unattended { for_ } => write!(
+                f,
+                "unattended: no orchestrator replica has led the pool, and nothing has run \
+                 here, for {} s",
+                for_.as_secs()
             ),
         }
     }
@@ -124,7 +137,8 @@ impl Stop {
 /// Heartbeats every `every` until `stop`, and is the dead-man's switch: it ends the agent as
 /// [`ExitReason::Retired`] when the heartbeat's answer says the VM is dead or unknown, and as
 /// [`ExitReason::Orphaned`] when no heartbeat succeeded for `orphan_after` since `last_ok` (the
-/// registration), even while a heartbeat call hangs.
+/// registration), even while a heartbeat call hangs, and as [`ExitReason::Unattended`] when
+/// the heartbeats found no leader and nothing running for `orphan_after`.
 pub async fn watch(
     store: Store,
     vm_id: String,
@@ -135,6 +149,7 @@ pub async fn watch(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unattended_since: Option<Instant> = None;
     loop {
         let orphaned_at = tokio::time::Instant::from_std(last_ok + orphan_after);
         let beat = async {
@@ -152,11 +167,27 @@ pub async fn watch(
                 });
                 return;
             }
-            Ok(Ok(Some(VmState::Dead)) | Ok(None)) => {
+            Ok(Ok(vms::Beat {
+                state: Some(VmState::Dead) | None,
+                ..
+            })) => {
                 stop.end(ExitReason::Retired);
                 return;
             }
-            Ok(Ok(Some(_))) => last_ok = Instant::now(),
+            Ok(Ok(beat)) => {
+                last_ok = Instant::now();
+                if beat.led || beat.running > 0 {
+                    unattended_since = None;
+                } else {
+                    let since = *unattended_since.get_or_insert(last_ok);
+                    if since.elapsed() >= orphan_after {
+                        stop.end(ExitReason::Unattended {
+                            for_: since.elapsed(),
+                        });
+                        return;
+                    }
+                }
+            }
             Ok(Err(err)) => tracing::warn!(
                 vm_id,
                 error = %err,

@@ -442,6 +442,7 @@ async fn register(
                 settings.capacity,
                 languages,
                 agent_version,
+                settings.vm_secret.expose(),
             )
             .await
             {

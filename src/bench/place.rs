@@ -95,7 +95,7 @@ pub async fn run(args: PlaceArgs) -> anyhow::Result<Report> {
     // Enough Ready capacity that every game in every phase is placed (no pending path).
     for i in 0..50 {
         let vm = format!("vm-{i}");
-        vms::register(&store, &vm, 10_000, &[], "bench").await?;
+        vms::register(&store, &vm, 10_000, &[], "bench", "").await?;
     }
 
     let redis_pid = redis.pid().unwrap_or(0);

@@ -21,8 +21,7 @@ pub const VM_LABEL: &str = "warmpool-vm";
 
 /// The startup script a stock Container-Optimized OS image runs (`startup-script` metadata):
 /// it starts the agent container (see `agent/deploy/`).
-// TODO(issue 4): include_str!("../../agent/deploy/startup.sh") once it lands.
-pub const STARTUP_SCRIPT: &str = "#!/bin/bash\n";
+pub const STARTUP_SCRIPT: &str = include_str!("../../agent/deploy/startup.sh");
 
 /// `WARMPOOL_GCE_*`: how the `gce` provider builds and finds VMs.
 #[derive(Debug, Clone, Args)]

@@ -105,6 +105,7 @@ impl Provider for LocalProvider {
                 .arg(&s.pool)
                 .env("WARMPOOL_REDIS_URL", &s.redis_url)
                 .env("WARMPOOL_VM_CAPACITY", spec.capacity.to_string())
+                .env("WARMPOOL_VM_SECRET", &spec.secret)
                 .env("WARMPOOL_AGENT_BOOT_DELAY_MS", s.boot_delay_ms.to_string())
                 .env("WARMPOOL_AGENT_SANDBOX", &s.sandbox)
                 .env("WARMPOOL_AGENT_SLOTS", s.slots.to_string())

@@ -602,19 +602,31 @@ impl Reconciler {
         match action {
             Action::Create { count } => {
                 for _ in 0..*count {
-                    let added = transition(
-                        store.pool_name().to_string(),
+                    // The agent presents it when it registers: an instance cannot pass
+                    // itself off as another VM of the pool.
+                    let secret = format!(
+                        "{}{}",
+                        uuid::Uuid::new_v4().simple(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    let added = vms::transition_with_secret(
+                        store,
+                        token,
+                        store.pool_name(),
                         Transition::Add {
                             capacity: self.settings.games_per_vm,
                         },
+                        &secret,
                     )
                     .await?;
-                    if let TransitionResult::Ok { vm_id, .. } = added {
-                        self.spawn_create(VmSpec {
+                    match added {
+                        TransitionResult::Fenced => return Err(ActError::Fenced),
+                        TransitionResult::Ok { vm_id, .. } => self.spawn_create(VmSpec {
                             vm_id,
                             capacity: self.settings.games_per_vm,
-                            secret: String::new(),
-                        });
+                            secret,
+                        }),
+                        _ => {}
                     }
                 }
                 Ok(false)

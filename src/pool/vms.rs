@@ -44,6 +44,18 @@ pub async fn transition(
     vm_id: &str,
     t: Transition,
 ) -> StoreResult<TransitionResult> {
+    transition_with_secret(store, token, vm_id, t, "").await
+}
+
+/// [`transition`]; an `Add` keeps the SHA-1 of `secret`, which the VM's agent must present
+/// when it registers.
+pub async fn transition_with_secret(
+    store: &Store,
+    token: u64,
+    vm_id: &str,
+    t: Transition,
+    secret: &str,
+) -> StoreResult<TransitionResult> {
     let k = &store.keys;
     let (action, extra) = match t {
         Transition::Add { capacity } => ("add", capacity.to_string()),
@@ -70,7 +82,13 @@ pub async fn transition(
                 k.pending.clone(),
                 k.vm_seq.clone(),
             ],
-            vec![arg(token.to_string()), arg(action), arg(vm_id), arg(extra)],
+            vec![
+                arg(token.to_string()),
+                arg(action),
+                arg(vm_id),
+                arg(extra),
+                arg(secret),
+            ],
         )
         .await?;
     Ok(match reply.status(&["ok", "fenced", "busy", "skip"])? {
@@ -89,14 +107,16 @@ pub async fn transition(
     })
 }
 
-/// An agent declares its VM Ready (or keeps it draining). `Ok(None)` when the pool has
-/// declared it dead; otherwise the games already leased to it.
+/// An agent declares its VM Ready (or keeps it draining), presenting the VM's secret (`""`
+/// for none). `Ok(None)` when the pool has declared it dead or the secret is wrong; otherwise
+/// the games already leased to it.
 pub async fn register(
     store: &Store,
     vm_id: &str,
     capacity: u32,
     languages: &[LanguageInfo],
     agent_version: &str,
+    secret: &str,
 ) -> StoreResult<Option<u64>> {
     let k = &store.keys;
     let reply = store
@@ -119,26 +139,54 @@ pub async fn register(
                 arg(i64::from(capacity)),
                 arg(serde_json::to_string(languages).unwrap_or_else(|_| "[]".into())),
                 arg(agent_version),
+                arg(secret),
             ],
         )
         .await?;
-    Ok(match reply.status(&["ok", "dead"])? {
+    Ok(match reply.status(&["ok", "dead", "refused"])? {
         "ok" => Some(reply.int(1)? as u64),
+        "refused" => {
+            tracing::warn!(
+                vm_id,
+                "registration refused: the VM's secret does not match"
+            );
+            None
+        }
         _ => None,
     })
 }
 
-/// Records a heartbeat; returns the state the pool holds for the VM (`None`: unknown VM).
-pub async fn heartbeat(store: &Store, vm_id: &str) -> StoreResult<Option<VmState>> {
+/// What a heartbeat tells the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// The state the pool holds for the VM (`None`: unknown VM).
+    pub state: Option<VmState>,
+    /// Whether a replica leads the pool (holds the leader lease) right now.
+    pub led: bool,
+    /// Executions running on the VM, as the pool counts them.
+    pub running: u64,
+}
+
+/// Records a heartbeat.
+pub async fn heartbeat(store: &Store, vm_id: &str) -> StoreResult<Beat> {
     let k = &store.keys;
     let reply = store
         .call(
             &SCRIPTS.heartbeat,
-            vec![k.vm_state.clone(), k.vm_hb.clone()],
+            vec![
+                k.vm_state.clone(),
+                k.vm_hb.clone(),
+                k.leader.clone(),
+                k.vm_running.clone(),
+            ],
             vec![arg(vm_id)],
         )
         .await?;
-    Ok(VmState::parse(&reply.str(0)?))
+    Ok(Beat {
+        state: VmState::parse(&reply.str(0)?),
+        led: reply.int(1)? == 1,
+        running: reply.int(2)?.max(0) as u64,
+    })
 }
 
 #[derive(serde::Deserialize, Default)]

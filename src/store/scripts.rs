@@ -75,7 +75,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     requeue_execution: lua!("requeue_execution", 7),
     snapshot_pool: lua!("snapshot_pool", 7),
     register_vm: lua!("register_vm", 10),
-    heartbeat: lua!("heartbeat", 2),
+    heartbeat: lua!("heartbeat", 4),
     put_game: lua!("put_game", 7),
     delete_game: lua!("delete_game", 10),
     place_pending: lua!("place_pending", 7),
