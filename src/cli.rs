@@ -116,6 +116,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WARMPOOL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("warn,warmpool=info,warmpool_agent=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -408,11 +408,12 @@ async fn an_agent_that_loses_redis_deletes_its_own_vm() {
         }
     })
     .await;
-    // Every replica goes (scaled to zero), then Redis: nobody is left to delete the VM.
-    replica.stop().await;
+    // Redis goes away (with the replica still up, so it is Redis silence, not the lack of a
+    // leader, that the agent reacts to), then the replica: nobody is left to delete the VM.
     assert_eq!(running(&fake).len(), 1);
     let agent = fake.instances()[0].agent_pid.expect("the agent's pid");
     redis.kill();
+    replica.stop().await;
 
     eventually(LONG, "the agent to delete its own instance", || {
         let fake = fake.clone();
@@ -421,6 +422,40 @@ async fn an_agent_that_loses_redis_deletes_its_own_vm() {
     .await;
     let c = fake.counters();
     assert_eq!(c.self_deletes, 1, "{c:?}");
+    assert_eq!(warmpool_fake_gce::live_processes_in_groups(&[agent]), 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_left_without_any_replica_deletes_itself_once_idle() {
+    let redis = RedisServer::start().unwrap();
+    let fake = fake().await;
+    let mut config = gce_config("gce-alone", &fake, 63_360);
+    config.min_vms = 1;
+    let replica = Replica::start(config, &redis.url()).await;
+    let api = replica.api();
+    eventually(LONG, "a ready VM", || {
+        let api = api.clone();
+        async move {
+            let p = pool(&api).await;
+            p["vms"]
+                .as_array()?
+                .iter()
+                .any(|v| v["state"] == "ready")
+                .then_some(())
+        }
+    })
+    .await;
+    let agent = fake.instances()[0].agent_pid.expect("the agent's pid");
+    // Every replica goes (scaled to zero); Redis stays. Nobody leads the pool any more.
+    replica.stop().await;
+    eventually(LONG, "the unattended VM to delete itself", || {
+        let fake = fake.clone();
+        async move { running(&fake).is_empty().then_some(()) }
+    })
+    .await;
+    let c = fake.counters();
+    assert_eq!((c.self_deletes, c.delete_calls), (1, 1), "{c:?}");
     assert_eq!(warmpool_fake_gce::live_processes_in_groups(&[agent]), 0);
     fake.shutdown().await;
 }
