@@ -36,7 +36,7 @@ if before == 'dead' then
   return { 'dead' }
 end
 local info = cjson.decode(redis.call('HGET', vm_info, vm) or '{}')
-if info.secret_sha1 and info.secret_sha1 ~= redis.sha1hex(ARGV[5] or '') then
+if info.secret and info.secret ~= (ARGV[5] or '') then
   return { 'refused' }
 end
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', queue, 'agents', '0', 'MKSTREAM')

@@ -28,8 +28,8 @@
   ARGV[2] action
   ARGV[3] vm_id       (add: the id prefix)
   ARGV[4] capacity    (add) | '1' to evict (retire)
-  ARGV[5] secret      (add) the VM's secret: its SHA-1 is kept, and register_vm checks the
-                      agent's against it ('' for none)
+  ARGV[5] secret      (add) the VM's secret, kept in its info: register_vm checks the
+                      agent's against it, a resumed create hands it out again ('' for none)
 
   Returns {'fenced'} (the token is stale: nothing written) | {'ok', vm_id, moved game ids...}
         | {'busy', games, running} (retire refused) | {'skip', state} (not in the expected state)
@@ -75,7 +75,7 @@ if action == 'add' then
   redis.call('HSET', vm_running, id, 0)
   local info = { created = now, languages = {} }
   if ARGV[5] and ARGV[5] ~= '' then
-    info.secret_sha1 = redis.sha1hex(ARGV[5])
+    info.secret = ARGV[5]
   end
   redis.call('HSET', vm_info, id, cjson.encode(info))
   return { 'ok', id }

@@ -145,8 +145,9 @@ pub struct Config {
     /// Local provider: concurrent sandboxes per agent.
     #[arg(long, env = "WARMPOOL_AGENT_SLOTS", default_value_t = 4)]
     pub agent_slots: u32,
-    /// Concurrent VM creates of the leader (each waits for its provider's operation).
-    #[arg(long, env = "WARMPOOL_CREATE_CONCURRENCY", default_value_t = 32)]
+    /// Concurrent VM creates of the leader (each waits for its provider's operation; the
+    /// provider paces its own API calls).
+    #[arg(long, env = "WARMPOOL_CREATE_CONCURRENCY", default_value_t = 256)]
     pub create_concurrency: u32,
     /// How often the leader compares the provider's VMs with the records in Redis.
     #[arg(

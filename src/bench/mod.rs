@@ -1,9 +1,10 @@
-//! `warmpool bench place|exec|startup`: figures for `docs/BENCHMARKS.md`. Each bench starts its
+//! `warmpool bench place|exec|startup|gce`: figures for `docs/BENCHMARKS.md`. Each bench starts its
 //! own redis-server and processes on loopback, measures a baseline in the same run (this machine
 //! is shared and noisy: ratios mean more than absolutes), prints a table, or one JSON object
 //! with `--json`. Every load is bounded in count and time and stops by itself.
 
 mod exec;
+mod gce;
 mod place;
 mod startup;
 
@@ -32,6 +33,8 @@ enum Which {
     Exec(exec::ExecArgs),
     /// Time from exec to /readyz answering 200, and idle RSS, of `warmpool serve`.
     Startup(startup::StartupArgs),
+    /// Scaling up on the fake Compute Engine: time to all inserts accepted, API calls per VM.
+    Gce(gce::GceArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Place(a) => place::run(a).await?,
         Which::Exec(a) => exec::run(a).await?,
         Which::Startup(a) => startup::run(a).await?,
+        Which::Gce(a) => gce::run(a).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report.json)?);

@@ -127,6 +127,13 @@ pub struct GceConfig {
         default_value_t = 300
     )]
     pub max_inserts_per_min: u32,
+    /// Client-side limit on reads (operation polls, lists) per minute.
+    #[arg(
+        long = "gce-max-reads-per-min",
+        env = "WARMPOOL_GCE_MAX_READS_PER_MIN",
+        default_value_t = 600
+    )]
+    pub max_reads_per_min: u32,
     /// How long one create may take, its zone operation and retries included, before the VM
     /// is given up.
     #[arg(
@@ -177,6 +184,7 @@ pub struct GceSettings {
     pub agent_redis_url: String,
     pub agent_env: Vec<(String, String)>,
     pub max_inserts_per_min: u32,
+    pub max_reads_per_min: u32,
     pub operation_timeout: Duration,
     pub poll: Duration,
     pub endpoint: Option<String>,
@@ -278,6 +286,12 @@ impl GceConfig {
                 "must be greater than 0",
             ));
         }
+        if self.max_reads_per_min == 0 {
+            return Err(bad(
+                "WARMPOOL_GCE_MAX_READS_PER_MIN",
+                "must be greater than 0",
+            ));
+        }
         if !(self.operation_timeout_s.is_finite() && self.operation_timeout_s > 0.0) {
             return Err(bad(
                 "WARMPOOL_GCE_OPERATION_TIMEOUT_S",
@@ -324,6 +338,7 @@ impl GceConfig {
                 .unwrap_or_else(|| redis_url.to_string()),
             agent_env,
             max_inserts_per_min: self.max_inserts_per_min,
+            max_reads_per_min: self.max_reads_per_min,
             operation_timeout: Duration::from_secs_f64(self.operation_timeout_s),
             poll: Duration::from_millis(self.poll_ms.max(10)),
             endpoint: self.endpoint.clone().filter(|e| !e.is_empty()),

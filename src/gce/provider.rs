@@ -25,6 +25,9 @@ const REQUEST_NAMESPACE: uuid::Uuid =
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_POLL: Duration = Duration::from_secs(5);
+/// A zone that could not take a VM (stockout, quota) is tried last for this long, so a burst
+/// of creates does not pay for the same stockout once per VM.
+const ZONE_COOLDOWN: Duration = Duration::from_secs(120);
 
 /// API calls made, by method (the figures of `warmpool bench gce`).
 #[derive(Debug, Default)]
@@ -47,9 +50,13 @@ pub struct GceProvider {
     settings: GceSettings,
     client: Instances,
     inserts: RateLimiter,
+    /// Operation polls and list pages share this budget.
+    reads: RateLimiter,
     /// vm_id → the zone its instance is in, learned from creates and lists (a delete tries
     /// every zone when it does not know).
     zones: Mutex<HashMap<String, String>>,
+    /// Zones that recently could not take a VM, and since when.
+    full_since: Mutex<HashMap<String, Instant>>,
     calls: Calls,
 }
 
@@ -106,9 +113,11 @@ impl GceProvider {
         let client = builder.build().await?;
         Ok(GceProvider {
             inserts: RateLimiter::per_minute(settings.max_inserts_per_min),
+            reads: RateLimiter::per_minute(settings.max_reads_per_min),
             settings,
             client,
             zones: Mutex::new(HashMap::new()),
+            full_since: Mutex::new(HashMap::new()),
             calls: Calls::default(),
         })
     }
@@ -129,19 +138,41 @@ impl GceProvider {
             .insert(vm_id.to_string(), zone.to_string());
     }
 
+    /// The zones in order of preference, those that recently could not take a VM last.
+    fn zone_order(&self) -> Vec<String> {
+        let full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
+        let cooling = |z: &String| full.get(z).is_some_and(|t| t.elapsed() < ZONE_COOLDOWN);
+        let (mut first, last): (Vec<String>, Vec<String>) = self
+            .settings
+            .zones
+            .iter()
+            .cloned()
+            .partition(|z| !cooling(z));
+        first.extend(last);
+        first
+    }
+
     /// Creates the VM in the first zone that can take it.
     async fn create_vm(&self, spec: &VmSpec) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.settings.operation_timeout;
         let mut full = Vec::new();
-        for zone in &self.settings.zones {
+        for zone in &self.zone_order() {
             match self.create_in_zone(zone, spec, deadline).await {
                 Ok(()) => {
                     self.remember_zone(&spec.vm_id, zone);
+                    self.full_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(zone);
                     tracing::info!(vm_id = %spec.vm_id, zone, "instance created");
                     return Ok(());
                 }
                 Err(Failure::Capacity(m)) => {
                     tracing::warn!(vm_id = %spec.vm_id, zone, reason = %m, "zone cannot take the VM; trying the next zone");
+                    self.full_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(zone.clone(), Instant::now());
                     full.push(format!("{zone}: {m}"));
                 }
                 Err(Failure::Config(m)) => {
@@ -304,6 +335,7 @@ impl GceProvider {
                 )));
             }
             delay = (delay * 2).min(MAX_POLL);
+            self.reads.acquire().await;
             self.calls.operation_polls.fetch_add(1, Ordering::Relaxed);
             match self
                 .client
@@ -410,6 +442,7 @@ impl GceProvider {
         for zone in &self.settings.zones {
             let mut page_token: Option<String> = None;
             loop {
+                self.reads.acquire().await;
                 self.calls.lists.fetch_add(1, Ordering::Relaxed);
                 let page = self
                     .client

@@ -33,8 +33,7 @@
 //! - Evicting a VM's games scans the pool's game hash (O(games)); it runs only when a VM fails
 //!   or a drain times out.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,7 +149,8 @@ struct CreateDone {
 struct Creates {
     tx: mpsc::UnboundedSender<CreateDone>,
     slots: Arc<Semaphore>,
-    in_flight: Arc<AtomicUsize>,
+    /// VM ids whose create runs here.
+    in_flight: Arc<Mutex<HashSet<String>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -221,7 +221,7 @@ impl Reconciler {
         let creates = Creates {
             tx,
             slots: Arc::new(Semaphore::new(settings.create_concurrency.max(1))),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         };
@@ -383,6 +383,34 @@ impl Reconciler {
         for (vm_id, why) in &found.lost {
             tracing::warn!(vm_id, why = why.as_str(), "VM lost at the provider");
         }
+        // Provisioning records with no instance and no create running here: a leader that
+        // died or stepped down mid-create left them. Create them again: the instance name and
+        // request ids are the record's, so a create that had gone through is found, not
+        // repeated.
+        let creating = self.creating();
+        for vm in records {
+            let listed = instances.iter().any(|i| i.vm_id == vm.vm_id);
+            if vm.state != crate::model::VmState::Provisioning
+                || listed
+                || creating.contains(&vm.vm_id)
+                || self.leadership.token() != Some(token)
+            {
+                continue;
+            }
+            match vms::secret(&self.store, &vm.vm_id).await {
+                Ok(secret) => {
+                    tracing::info!(vm_id = %vm.vm_id, "resuming the create of a provisioning VM");
+                    self.spawn_create(VmSpec {
+                        vm_id: vm.vm_id.clone(),
+                        capacity: vm.capacity,
+                        secret,
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(vm_id = %vm.vm_id, error = %err, "reading a VM's secret failed")
+                }
+            }
+        }
         control.vms_lost += found.lost.len() as u64;
         found.lost.into_iter().map(|(id, _)| id).collect()
     }
@@ -495,7 +523,7 @@ impl Reconciler {
         // After a failed create: nothing until the pause ends, then one probe at a time.
         let paused = control.provider.paused_until_ms.is_some_and(|t| t > now);
         let probing = control.provider.pause_ms > 0;
-        let in_flight = self.creates.in_flight.load(Ordering::Relaxed);
+        let in_flight = self.creating().len();
         let mut actions = planned.actions.clone();
         for action in &mut actions {
             if let Action::Create { count } = action {
@@ -671,6 +699,15 @@ impl Reconciler {
         }
     }
 
+    /// VM ids whose create runs here now.
+    fn creating(&self) -> HashSet<String> {
+        self.creates
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Creates the VM in the background; its outcome comes back to the loop. A crash before it
     /// ends leaves the record provisioning: the boot timeout fails it and the next pass
     /// replaces it.
@@ -680,7 +717,13 @@ impl Reconciler {
         let tx = self.creates.tx.clone();
         let cancel = self.creates.cancel.clone();
         let in_flight = self.creates.in_flight.clone();
-        in_flight.fetch_add(1, Ordering::Relaxed);
+        if !in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.vm_id.clone())
+        {
+            return; // already being created here
+        }
         self.creates.tasks.spawn(async move {
             let result = tokio::select! {
                 _ = cancel.cancelled() => None,
@@ -689,7 +732,10 @@ impl Reconciler {
                     provider.create(&spec).await
                 } => Some(r),
             };
-            in_flight.fetch_sub(1, Ordering::Relaxed);
+            in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&spec.vm_id);
             if let Some(result) = result {
                 let _ = tx.send(CreateDone {
                     vm_id: spec.vm_id,

@@ -189,6 +189,20 @@ pub async fn heartbeat(store: &Store, vm_id: &str) -> StoreResult<Beat> {
     })
 }
 
+/// The secret a VM's agent must present (`""`: none), for a create resumed by a new leader.
+pub async fn secret(store: &Store, vm_id: &str) -> StoreResult<String> {
+    #[derive(serde::Deserialize, Default)]
+    struct WithSecret {
+        #[serde(default)]
+        secret: String,
+    }
+    let raw: Option<String> = store.client().hget(&store.keys.vm_info, vm_id).await?;
+    Ok(raw
+        .and_then(|r| serde_json::from_str::<WithSecret>(&r).ok())
+        .unwrap_or_default()
+        .secret)
+}
+
 #[derive(serde::Deserialize, Default)]
 struct VmInfo {
     #[serde(default)]
