@@ -459,3 +459,56 @@ async fn a_vm_left_without_any_replica_deletes_itself_once_idle() {
     assert_eq!(warmpool_fake_gce::live_processes_in_groups(&[agent]), 0);
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finishes_the_old_leaders_creates_without_a_second_instance() {
+    let redis = RedisServer::start().unwrap();
+    // No agents: only the provider's side matters here, and records stay provisioning.
+    let fake = FakeGce::start(FakeGceConfig {
+        op_delay: Duration::from_millis(300),
+        ..FakeGceConfig::default()
+    })
+    .await
+    .unwrap();
+    // Inserts fail for a while: the first leader records the VMs but creates none of them.
+    fake.fail_next(Method::Insert, 60, 503);
+    let first = Replica::start(gce_config("gce-handoff", &fake, 63_370), &redis.url()).await;
+    let second = Replica::start(gce_config("gce-handoff", &fake, 63_370), &redis.url()).await;
+    let api = first.api();
+    for game in ["g1", "g2", "g3", "g4", "g5", "g6"] {
+        assert_eq!(api.put_game(game).await.status, 201);
+    }
+    // The leader goes while its creates are backing off.
+    eventually(LONG, "the six VM records", || {
+        let api = api.clone();
+        async move { (vm_ids(&pool(&api).await).len() == 6).then_some(()) }
+    })
+    .await;
+    let leader_before = pool(&api).await["leader"]["replica"].clone();
+    first.stop().await;
+    assert!(running(&fake).is_empty(), "no create went through before the hand-off");
+    let api = second.api();
+    eventually(LONG, "an instance for every VM record", || {
+        let api = api.clone();
+        let fake = fake.clone();
+        async move {
+            let records = vm_ids(&pool(&api).await);
+            let names = running(&fake);
+            (records.len() == 6 && records.iter().all(|vm| names.contains(&format!("wp-{vm}"))))
+                .then_some(())
+        }
+    })
+    .await;
+    let p = pool(&api).await;
+    assert_ne!(p["leader"]["replica"], leader_before, "{p}");
+    let names = running(&fake);
+    assert_eq!(
+        names.len(),
+        6,
+        "one instance per record, no more: {names:?}"
+    );
+    let c = fake.counters();
+    assert_eq!(c.instances_created, 6, "{c:?}");
+    second.stop().await;
+    fake.shutdown().await;
+}
