@@ -34,3 +34,4 @@ bench: deps
 	target/release/warmpool bench place
 	target/release/warmpool bench exec
 	target/release/warmpool bench startup
+	WARMPOOL_LOG=error target/release/warmpool bench gce

@@ -278,14 +278,10 @@ async fn faults_and_failover(n: u32, op_delay: Duration) -> anyhow::Result<Phase
     }
     first.stop().await;
     until_live(&fake, n, Some("zone-a"), Duration::from_secs(600)).await?;
+    let seconds = started.elapsed().as_secs_f64();
     // Let the new leader's inventory settle, so a duplicate would have had time to appear.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let p = phase(
-        "faults + leader change (no budget)",
-        started.elapsed().as_secs_f64(),
-        n,
-        &fake,
-    );
+    let p = phase("faults + leader change (no budget)", seconds, n, &fake);
     second.stop().await;
     fake.shutdown().await;
     Ok(p)
