@@ -144,6 +144,30 @@ fn serve_names_what_is_missing() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("WARMPOOL_POOL"));
+
+    // The gce provider: each missing required value is named, on one line, before anything
+    // is started.
+    for (unset, named) in [
+        ("WARMPOOL_GCE_PROJECT", "WARMPOOL_GCE_PROJECT"),
+        ("WARMPOOL_GCE_ZONES", "WARMPOOL_GCE_ZONES"),
+        ("WARMPOOL_GCE_AGENT_IMAGE", "WARMPOOL_GCE_AGENT_IMAGE"),
+    ] {
+        let mut cmd = Command::new(warmpool_bin());
+        cmd.arg("serve")
+            .env("WARMPOOL_REDIS_URL", "redis://127.0.0.1:1")
+            .env("WARMPOOL_API_TOKENS", "t")
+            .env("WARMPOOL_PROVIDER", "gce")
+            .env("WARMPOOL_GCE_PROJECT", "p")
+            .env("WARMPOOL_GCE_ZONES", "europe-west1-b")
+            .env("WARMPOOL_GCE_AGENT_IMAGE", "img")
+            .env_remove(unset);
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains(named), "{err}");
+    }
 }
 
 #[test]
