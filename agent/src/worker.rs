@@ -103,6 +103,10 @@ pub struct Settings {
     /// allows, warn if not), `required` (refuse to start without them) or `off`.
     #[arg(long, env = "WARMPOOL_SANDBOX_CGROUPS", default_value = "auto")]
     pub sandbox_cgroups: String,
+    /// The bwrap sandbox's seccomp filter (see `sandbox::seccomp`): `on`, or `off` only to
+    /// measure what it costs (`warmpool bench sandbox`).
+    #[arg(long, env = "WARMPOOL_SANDBOX_SECCOMP", default_value = "on", value_parser = ["on", "off"])]
+    pub sandbox_seccomp: String,
     /// How long ended execution records stay readable (must match the orchestrator's).
     #[arg(long, env = "WARMPOOL_RESULT_TTL_S", default_value_t = 86_400)]
     pub result_ttl_s: u64,
@@ -253,6 +257,7 @@ async fn make_sandbox(s: &Settings) -> anyhow::Result<Sandbox> {
             .sandbox_cgroups
             .parse()
             .map_err(|e| anyhow::anyhow!("WARMPOOL_SANDBOX_CGROUPS: {e}"))?,
+        seccomp: s.sandbox_seccomp == "on",
         ..SandboxConfig::default()
     })
     .await

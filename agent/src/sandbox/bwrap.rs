@@ -22,7 +22,7 @@ use std::process::Command;
 use warmpool::model::FileSpec;
 
 use super::outcome::Termination;
-use super::{child, SandboxError};
+use super::{child, seccomp, SandboxError};
 
 /// Directories the sandbox sees, all read-only. `/usr` holds every runtime of the catalog;
 /// `/etc/ld.so.cache` saves the dynamic loader a directory search; `/etc/alternatives` is
@@ -46,6 +46,9 @@ pub(super) struct Bwrap {
     program: PathBuf,
     /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
     root: Vec<RootEntry>,
+    /// The compiled seccomp filter (see `seccomp`), handed to each sandbox through a fresh
+    /// memfd; `None` when seccomp is off.
+    seccomp: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,33 +79,58 @@ pub(super) fn memfds(files: &[FileSpec]) -> Result<Vec<MemFile>, SandboxError> {
     files
         .iter()
         .map(|spec| {
-            // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
-            let fd =
-                unsafe { libc::memfd_create(c"warmpool-job-file".as_ptr(), libc::MFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(SandboxError::Prepare {
-                    context: "creating a memfd for a job file",
-                    source: io::Error::last_os_error(),
-                });
-            }
-            let file = unsafe { File::from_raw_fd(fd) };
-            // Positional write: the offset stays at 0, where bwrap starts reading.
-            file.write_all_at(spec.content.as_bytes(), 0)
-                .map_err(|source| SandboxError::Prepare {
-                    context: "writing a job file to its memfd",
+            let fd = memfd(c"warmpool-job-file", spec.content.as_bytes()).map_err(|source| {
+                SandboxError::Prepare {
+                    context: "writing a job file to a memfd",
                     source,
-                })?;
+                }
+            })?;
             Ok(MemFile {
-                fd: OwnedFd::from(file),
+                fd,
                 name: spec.name.clone(),
             })
         })
         .collect()
 }
 
+/// A close-on-exec memfd holding `content`, its offset at 0 (where bwrap starts reading).
+fn memfd(name: &std::ffi::CStr, content: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // Positional write: the offset stays at 0.
+    file.write_all_at(content, 0)?;
+    Ok(OwnedFd::from(file))
+}
+
+/// What one sandbox reads from inherited fds: the job's files and the seccomp filter. Kept
+/// open until the child has read them (bwrap copies them before the program starts).
+pub(super) struct Inputs {
+    files: Vec<MemFile>,
+    /// A fresh memfd per sandbox, never one shared: bwrap reads it from the current offset to
+    /// the end, and concurrent sandboxes would share that offset.
+    seccomp: Option<OwnedFd>,
+}
+
+impl Inputs {
+    /// The fds the child must inherit; every other is closed on exec (see `child::Setup`).
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.files
+            .iter()
+            .map(MemFile::raw_fd)
+            .chain(self.seccomp.as_ref().map(AsRawFd::as_raw_fd))
+            .collect()
+    }
+}
+
 impl Bwrap {
-    /// Finds bwrap on PATH and reads the host's root layout.
-    pub fn locate() -> Result<Self, SandboxError> {
+    /// Finds bwrap on PATH and reads the host's root layout; with `seccomp`, compiles the
+    /// filter for this architecture (an error on one that has no syscall table).
+    pub fn locate(seccomp: bool) -> Result<Self, SandboxError> {
         let program = find_program("bwrap").ok_or(SandboxError::BwrapMissing)?;
         let root = ROOT_LINKS
             .iter()
@@ -121,23 +149,57 @@ impl Bwrap {
                 }
             })
             .collect();
-        let bwrap = Self { program, root };
+        let seccomp = match (seccomp, seccomp::native_program()) {
+            (false, _) => None,
+            (true, Some(program)) => Some(program.to_bytes()),
+            (true, None) => {
+                return Err(SandboxError::Config(format!(
+                    "the seccomp filter has no syscall table for {}: set \
+                     WARMPOOL_SANDBOX_SECCOMP=off to run without it",
+                    std::env::consts::ARCH
+                )))
+            }
+        };
+        let bwrap = Self {
+            program,
+            root,
+            seccomp,
+        };
         tracing::debug!(?bwrap, "found bubblewrap");
         Ok(bwrap)
     }
 
-    /// The command that runs `argv` in a fresh sandbox holding `files` in `/work`.
-    pub fn command(&self, argv: &[String], files: &[MemFile], work_dir_mb: u64) -> Command {
+    /// The fds one sandbox reads: `files` in memfds, and the seccomp filter in another.
+    pub fn inputs(&self, files: &[FileSpec]) -> Result<Inputs, SandboxError> {
+        let seccomp = self
+            .seccomp
+            .as_deref()
+            .map(|program| memfd(c"warmpool-seccomp", program))
+            .transpose()
+            .map_err(|source| SandboxError::Prepare {
+                context: "writing the seccomp filter to a memfd",
+                source,
+            })?;
+        Ok(Inputs {
+            files: memfds(files)?,
+            seccomp,
+        })
+    }
+
+    /// The command that runs `argv` in a fresh sandbox holding `inputs`' files in `/work`,
+    /// under its seccomp filter.
+    pub fn command(&self, argv: &[String], inputs: &Inputs, work_dir_mb: u64) -> Command {
         let mut command = Command::new(&self.program);
         // bwrap itself gets no environment either: the agent's may hold secrets.
         command
             .env_clear()
             .current_dir("/")
-            .args(self.args(argv, files, work_dir_mb));
+            .args(self.args(argv, inputs, work_dir_mb));
         command
     }
 
-    fn args(&self, argv: &[String], files: &[MemFile], work_dir_mb: u64) -> Vec<OsString> {
+    fn args(&self, argv: &[String], inputs: &Inputs, work_dir_mb: u64) -> Vec<OsString> {
+        let files = &inputs.files;
         let size = work_dir_mb.saturating_mul(1024 * 1024).to_string();
         let mut args: Vec<OsString> = Vec::with_capacity(64 + 4 * files.len() + argv.len());
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
@@ -174,6 +236,11 @@ impl Bwrap {
             args.extend(["--perms", "0644", "--file"].map(OsString::from));
             args.push(file.raw_fd().to_string().into());
             args.push(format!("{WORK_DIR}/{}", file.name).into());
+        }
+        // Applied by bwrap after its own setup, to its init and to the program before exec.
+        if let Some(fd) = &inputs.seccomp {
+            args.push("--seccomp".into());
+            args.push(fd.as_raw_fd().to_string().into());
         }
         args.push("--".into());
         args.extend(argv.iter().map(OsString::from));
@@ -271,6 +338,14 @@ mod tests {
                 },
                 RootEntry::Bind("/lib64"),
             ],
+            seccomp: seccomp::native_program().map(|p| p.to_bytes()),
+        }
+    }
+
+    fn no_inputs() -> Inputs {
+        Inputs {
+            files: Vec::new(),
+            seccomp: None,
         }
     }
 
@@ -283,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_sandbox_has_every_namespace_and_no_way_to_share_one() {
-        let args = joined(&bwrap().args(&["/bin/true".into()], &[], 64));
+        let args = joined(&bwrap().args(&["/bin/true".into()], &no_inputs(), 64));
         for wanted in [
             "--unshare-all",
             "--disable-userns",
@@ -307,7 +382,7 @@ mod tests {
     #[test]
     fn the_command_comes_last_after_a_double_dash_so_it_is_never_an_option() {
         let argv = ["/usr/bin/python3".to_string(), "--version".to_string()];
-        let args = bwrap().args(&argv, &[], 1);
+        let args = bwrap().args(&argv, &no_inputs(), 1);
         let n = args.len();
         assert_eq!(args[n - 3], "--");
         assert_eq!(args[n - 2], "/usr/bin/python3");
@@ -315,23 +390,34 @@ mod tests {
     }
 
     #[test]
-    fn job_files_are_passed_by_fd_into_work() {
-        let files = memfds(&[FileSpec {
-            name: "main.py".into(),
-            content: "print(1)".into(),
-        }])
-        .unwrap();
-        let fd = files[0].raw_fd();
-        let args = joined(&bwrap().args(&["/bin/true".into()], &files, 1));
+    fn job_files_and_the_seccomp_filter_are_passed_by_fd() {
+        let bwrap = bwrap();
+        let inputs = bwrap
+            .inputs(&[FileSpec {
+                name: "main.py".into(),
+                content: "print(1)".into(),
+            }])
+            .unwrap();
+        let fd = inputs.files[0].raw_fd();
+        let filter_fd = inputs.seccomp.as_ref().expect("seccomp on").as_raw_fd();
+        assert_eq!(inputs.raw_fds(), [fd, filter_fd]);
+        let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1));
         assert!(
             args.contains(&format!("--perms 0644 --file {fd} /work/main.py")),
             "{args}"
         );
-        // Close-on-exec in the parent: only the child that needs it clears the flag.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
-        let mut content = String::new();
+        assert!(
+            args.contains(&format!("--seccomp {filter_fd} -- /bin/true")),
+            "{args}"
+        );
+        // Close-on-exec in the parent: only the child that needs them clears the flag.
+        for fd in inputs.raw_fds() {
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        }
         use std::io::Read;
+        let Inputs { files, seccomp } = inputs;
+        let mut content = String::new();
         File::from(files.into_iter().next().unwrap().fd)
             .read_to_string(&mut content)
             .unwrap();
@@ -339,6 +425,23 @@ mod tests {
             content, "print(1)",
             "bwrap reads from the current offset, which must be 0"
         );
+        let mut filter = Vec::new();
+        File::from(seccomp.unwrap())
+            .read_to_end(&mut filter)
+            .unwrap();
+        assert_eq!(Some(filter), bwrap.seccomp);
+    }
+
+    #[test]
+    fn without_seccomp_no_filter_is_passed() {
+        let bwrap = Bwrap {
+            seccomp: None,
+            ..bwrap()
+        };
+        let inputs = bwrap.inputs(&[]).unwrap();
+        assert!(inputs.raw_fds().is_empty());
+        let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1));
+        assert!(!args.contains("--seccomp"), "{args}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | CPU | `RLIMIT_CPU` (whole seconds, SIGXCPU then SIGKILL) and the measured CPU time checked to the millisecond; with cgroups the measure is the cgroup's (`cpuacct.usage` / `cpu.stat`), exact even for a killed sandbox |
 //! | wall clock | a millisecond deadline, then SIGKILL to bwrap and its pid-namespace init: the kernel kills everything in the namespace, daemons included |
 //! | memory | a memory cgroup per execution (`memory_mb`, no swap): going over it gets the program OOM-killed and the outcome `memory_limit`, and the peak is the cgroup's. `RLIMIT_AS` is then off (address space is not memory; node reserves ~1 GB of it). Without a memory cgroup, the fallback is `RLIMIT_AS` per process at `memory_mb` + the runtime's `address_space_extra_mb`: crude, and an allocation failure is a `runtime_error` |
+//! | the kernel's riskiest system calls | a seccomp filter (see `seccomp`, which tables every call and why): namespace creation (`unshare`, `setns`, `clone` with `CLONE_NEW*`; `clone3` answers `ENOSYS` so libc falls back to `clone`), `ptrace` and cross-process memory, mounts, `bpf`, `perf_event_open`, `userfaultfd`, io_uring, the keyring, open-by-handle, clock, swap and the like answer `EPERM`; loading or replacing the kernel, a foreign syscall ABI (32-bit `int 0x80`, x32) kill the process. Default allow. `WARMPOOL_SANDBOX_SECCOMP=off` drops it (to measure it) |
 //! | fork bombs | a pids cgroup per execution (`pids.max` 64 tasks); `RLIMIT_NPROC` per uid (64, or 128 as a backstop when the pids cgroup is in force): it holds because the uid is not root, and one uid per slot keeps one execution from starving another |
 //! | disk | the tmpfs sizes and `RLIMIT_FSIZE` |
 //! | output floods | stdout and stderr are each read through a buffer capped at `max_output_bytes`; past it the sandbox is killed |
@@ -26,7 +27,7 @@
 //! use. [`CgroupMode::Auto`] uses what there is and warns about the rest (the fallbacks in the
 //! table then apply); [`CgroupMode::Required`] refuses to start without memory and pids.
 //!
-//! Not yet: a seccomp filter (bwrap `--seccomp`), a CPU share per execution (`cpu.max`).
+//! Not yet: a CPU share per execution (`cpu.max`).
 //!
 //! The [`Backend::Process`] backend runs the same command with the same rlimits, timeouts and
 //! output caps in a fresh temporary directory, and isolates nothing. It exists for development on
@@ -41,6 +42,7 @@
 //! - `output`: reading one stream through a capped buffer.
 //! - `outcome`: the pure mapping from what happened to an [`Outcome`].
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
+//! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
 
 mod bwrap;
 mod cgroup;
@@ -49,6 +51,7 @@ mod outcome;
 mod output;
 mod probe;
 mod process;
+mod seccomp;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -118,6 +121,9 @@ pub struct SandboxConfig {
     /// Where the cgroup filesystems are mounted: `/sys/fs/cgroup` (v2 there, or one directory
     /// per v1 controller). Changed by tests, and for hosts that mount them elsewhere.
     pub cgroup_fs: PathBuf,
+    /// Whether bwrap loads the seccomp filter (see `seccomp`). Default on; off only to measure
+    /// what it costs.
+    pub seccomp: bool,
 }
 
 impl Default for SandboxConfig {
@@ -129,6 +135,7 @@ impl Default for SandboxConfig {
             work_dir_mb: 64,
             cgroups: CgroupMode::Auto,
             cgroup_fs: PathBuf::from("/sys/fs/cgroup"),
+            seccomp: true,
         }
     }
 }
@@ -217,7 +224,7 @@ impl Sandbox {
         validate_config(&cfg)?;
         let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs)?;
         let launcher = match cfg.backend {
-            Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate()?),
+            Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
             Backend::Process => {
                 tracing::warn!(
                     "SANDBOX BACKEND `process`: executions run UNSANDBOXED on this host (they can \
@@ -355,10 +362,10 @@ impl Sandbox {
         let (finished, decode, rlimits) = match &self.launcher {
             Launcher::Bwrap(bwrap) => {
                 // Kept open until the child has read them (bwrap copies them before the
-                // program starts), then closed with `files` at the end of this arm.
-                let files = bwrap::memfds(plan.files)?;
-                let command = bwrap.command(&plan.argv, &files, self.cfg.work_dir_mb);
-                let inherit = files.iter().map(bwrap::MemFile::raw_fd).collect();
+                // program starts), then closed with `inputs` at the end of this arm.
+                let inputs = bwrap.inputs(plan.files)?;
+                let command = bwrap.command(&plan.argv, &inputs, self.cfg.work_dir_mb);
+                let inherit = inputs.raw_fds();
                 let mut setup = child::Setup::new(Some(uid), rlimits, inherit);
                 setup.cgroup_procs = cgroup_procs;
                 setup.usage_from_cgroup = usage_from_cgroup;
