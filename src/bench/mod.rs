@@ -1,11 +1,13 @@
-//! `warmpool bench place|exec|startup|gce`: figures for `docs/BENCHMARKS.md`. Each bench starts its
-//! own redis-server and processes on loopback, measures a baseline in the same run (this machine
-//! is shared and noisy: ratios mean more than absolutes), prints a table, or one JSON object
-//! with `--json`. Every load is bounded in count and time and stops by itself.
+//! `warmpool bench place|exec|startup|gce|sandbox`: figures for `docs/BENCHMARKS.md`. Each
+//! bench starts its own processes (and redis-server, where it needs one) on loopback, measures a
+//! baseline in the same run (this machine is shared and noisy: ratios mean more than
+//! absolutes), prints a table, or one JSON object with `--json`. Every load is bounded in count
+//! and time and stops by itself.
 
 mod exec;
 mod gce;
 mod place;
+mod sandbox;
 mod startup;
 
 use std::path::PathBuf;
@@ -35,6 +37,9 @@ enum Which {
     Startup(startup::StartupArgs),
     /// Scaling up on the fake Compute Engine: time to all inserts accepted, API calls per VM.
     Gce(gce::GceArgs),
+    /// Per-execution cost of each sandbox configuration (process, bwrap, cgroups, seccomp,
+    /// nsjail) against the same program exec'd bare.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -48,6 +53,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Exec(a) => exec::run(a).await?,
         Which::Startup(a) => startup::run(a).await?,
         Which::Gce(a) => gce::run(a).await?,
+        Which::Sandbox(a) => sandbox::run(a).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report.json)?);

@@ -1,0 +1,283 @@
+//! Per-execution sandbox overhead: each trivial program run bare (exec'd by this process, no
+//! sandbox) and through each sandbox configuration of the agent, in one run.
+//!
+//! Each sandboxed row is one `warmpool-agent bench-sandbox` invocation (the sibling binary):
+//! `Sandbox::run` N times on one slot, timed inside the agent, with the backend and its
+//! switches set through the agent's environment. The bare row runs the very command the agent
+//! would (`program args… main`, the same file in a fresh directory, an empty environment but
+//! the sandbox's four variables), through pipes as the agent reads them.
+//!
+//! Rows, by what each adds to the one above:
+//! - `process`: the agent's spawn path (fork, rlimits, uid drop, supervision), no isolation;
+//! - `bwrap`: namespaces and the tmpfs root (cgroups and seccomp off);
+//! - `+ seccomp`: the seccomp filter alone;
+//! - `+ cgroups`: the per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`);
+//! - `+ cgroups + seccomp`: both, the production default;
+//! - `nsjail`: the nsjail backend with the agent's defaults, where the agent offers it and the
+//!   nsjail binary is found; otherwise the row says why not (the agent's own error).
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::{round2, sibling, summarize, Report, Summary};
+use crate::runtimes;
+
+#[derive(Args)]
+pub struct SandboxArgs {
+    /// Timed runs per program and configuration.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Untimed runs before them (page cache, the agent's first fork).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Sandboxes run as uid/gid BASE (one slot): apart from the tests' uid ranges, so that a
+    /// bench and a test run never share a process limit.
+    #[arg(long, default_value_t = 64_000)]
+    uid_base: u32,
+}
+
+/// (catalog language, program text, label). Each is the cheapest program of its runtime: the
+/// figure is the runtime's start-up plus the sandbox's cost.
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("python", "pass", "python `pass`"),
+    ("bash", "true", "bash `true`"),
+    ("javascript", "0", "node `0`"),
+];
+
+/// A sandbox configuration: its label and the agent's environment for it.
+struct Config {
+    label: &'static str,
+    env: &'static [(&'static str, &'static str)],
+}
+
+const CONFIGS: &[Config] = &[
+    Config {
+        label: "process (no isolation)",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "process"),
+            ("WARMPOOL_SANDBOX_CGROUPS", "off"),
+        ],
+    },
+    Config {
+        label: "bwrap",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
+            ("WARMPOOL_SANDBOX_CGROUPS", "off"),
+            ("WARMPOOL_SANDBOX_SECCOMP", "off"),
+        ],
+    },
+    Config {
+        label: "bwrap + seccomp",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
+            ("WARMPOOL_SANDBOX_CGROUPS", "off"),
+            ("WARMPOOL_SANDBOX_SECCOMP", "on"),
+        ],
+    },
+    Config {
+        label: "bwrap + cgroups",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
+            ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
+            ("WARMPOOL_SANDBOX_SECCOMP", "off"),
+        ],
+    },
+    Config {
+        label: "bwrap + cgroups + seccomp (default)",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
+            ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
+            ("WARMPOOL_SANDBOX_SECCOMP", "on"),
+        ],
+    },
+    Config {
+        label: "nsjail (agent defaults)",
+        env: &[("WARMPOOL_AGENT_SANDBOX", "nsjail")],
+    },
+];
+
+const BARE: &str = "bare (no sandbox)";
+
+/// One row: a summary, or why the configuration could not run here.
+type Row = Result<Summary, String>;
+
+pub async fn run(args: SandboxArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let agent_bin = sibling("warmpool-agent");
+    anyhow::ensure!(
+        agent_bin.exists(),
+        "{} is missing: cargo build --release --workspace --bins",
+        agent_bin.display()
+    );
+    let mut blocks = Vec::new();
+    // A configuration that failed for one program (nsjail absent) is not tried again.
+    let mut unavailable: Vec<Option<String>> = vec![None; CONFIGS.len()];
+    for &(language, code, label) in PROGRAMS {
+        let spec = runtimes::lookup(language)
+            .ok_or_else(|| anyhow::anyhow!("{language} is not in the catalog"))?;
+        let bare = if std::path::Path::new(spec.program).exists() {
+            tokio::task::spawn_blocking(move || bare(spec, code, args.warmup, args.runs)).await?
+        } else {
+            Err(format!("{} is not installed", spec.program))
+        };
+        let mut rows = vec![(BARE, bare)];
+        for (i, config) in CONFIGS.iter().enumerate() {
+            let row = match &unavailable[i] {
+                Some(why) => Err(why.clone()),
+                None => {
+                    let row = sandboxed(&agent_bin, config, &args, language, code);
+                    if let Err(why) = &row {
+                        unavailable[i] = Some(why.clone());
+                    }
+                    row
+                }
+            };
+            rows.push((config.label, row));
+        }
+        blocks.push((label, rows));
+    }
+    Ok(render(&args, &blocks))
+}
+
+/// The program exec'd directly: the agent's command line, in a directory holding its file.
+fn bare(spec: &'static runtimes::RuntimeSpec, code: &str, warmup: usize, runs: usize) -> Row {
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    std::fs::write(dir.path().join("main"), code).map_err(|e| format!("writing main: {e}"))?;
+    let mut samples = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let started = Instant::now();
+        let out = Command::new(spec.program)
+            .args(spec.args)
+            .arg("main")
+            .current_dir(dir.path())
+            .env_clear()
+            .envs([
+                ("PATH", "/usr/bin:/bin"),
+                ("HOME", &dir.path().to_string_lossy()),
+                ("LANG", "C.UTF-8"),
+                ("TMPDIR", "/tmp"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("could not start {}: {e}", spec.program))?;
+        if !out.status.success() {
+            return Err(format!("{} ended {}", spec.program, out.status));
+        }
+        if i >= warmup {
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(summarize(samples))
+}
+
+/// One `warmpool-agent bench-sandbox` run in `config`; the agent's last error line if it
+/// refused (a backend it lacks, a binary that is missing, a probe that failed).
+fn sandboxed(
+    agent_bin: &std::path::Path,
+    config: &Config,
+    args: &SandboxArgs,
+    language: &str,
+    code: &str,
+) -> Row {
+    let out = Command::new(agent_bin)
+        .args(["bench-sandbox", "--runs"])
+        .arg((args.warmup + args.runs).to_string())
+        .args(["--language", language, "--code", code])
+        .env("WARMPOOL_AGENT_SLOTS", "1")
+        .env("WARMPOOL_SANDBOX_UID_BASE", args.uid_base.to_string())
+        .env("WARMPOOL_LOG", "error")
+        .envs(config.env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not start the agent: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .trim()
+            .trim_start_matches("Error: ");
+        return Err(format!("not available: {why}"));
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the agent printed no JSON report: {e}"))?;
+    let samples: Vec<f64> = report["times_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    Ok(summarize(samples.into_iter().skip(args.warmup).collect()))
+}
+
+type Block<'a> = (&'a str, Vec<(&'a str, Row)>);
+
+fn render(args: &SandboxArgs, blocks: &[Block<'_>]) -> Report {
+    let mut table = format!(
+        "warmpool bench sandbox ({} timed runs per program and configuration, after {} warm-up \
+         runs; one slot)\n{:<16} {:<38} {:>8} {:>8} {:>13} {:>7}\n",
+        args.runs,
+        args.warmup,
+        "program",
+        "configuration",
+        "p50 ms",
+        "p99 ms",
+        "p50 - bare",
+        "x bare"
+    );
+    let mut json_blocks = Vec::new();
+    for (program, rows) in blocks {
+        let bare = rows.first().and_then(|(_, row)| row.as_ref().ok()).copied();
+        let mut json_rows = Vec::new();
+        for (i, (config, row)) in rows.iter().enumerate() {
+            let name = if i == 0 { *program } else { "" };
+            match row {
+                Ok(s) => {
+                    let over = bare.map(|b| round2(s.p50_ms - b.p50_ms));
+                    let ratio = bare
+                        .filter(|b| b.p50_ms > 0.0)
+                        .map(|b| round2(s.p50_ms / b.p50_ms));
+                    let text = |v: Option<f64>, unit: &str| {
+                        v.map_or_else(|| "-".to_string(), |v| format!("{v}{unit}"))
+                    };
+                    table.push_str(&format!(
+                        "{name:<16} {config:<38} {:>8} {:>8} {:>13} {:>7}\n",
+                        s.p50_ms,
+                        s.p99_ms,
+                        if i == 0 { "-".into() } else { text(over, "") },
+                        if i == 0 { "-".into() } else { text(ratio, "x") },
+                    ));
+                    json_rows.push(json!({
+                        "configuration": config,
+                        "available": true,
+                        "summary": s,
+                        "overhead_p50_ms": if i == 0 { None } else { over },
+                        "ratio_p50": if i == 0 { None } else { ratio },
+                    }));
+                }
+                Err(why) => {
+                    table.push_str(&format!("{name:<16} {config:<38} {why}\n"));
+                    json_rows.push(json!({
+                        "configuration": config,
+                        "available": false,
+                        "why": why,
+                    }));
+                }
+            }
+        }
+        json_blocks.push(json!({ "program": program, "rows": json_rows }));
+    }
+    let json = json!({
+        "bench": "sandbox",
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "programs": json_blocks,
+    });
+    Report {
+        table: table.trim_end().to_string(),
+        json,
+    }
+}
