@@ -10,7 +10,7 @@
   KEYS[3] vm_games    HASH vm_id -> leased games
   KEYS[4] vm_running  HASH vm_id -> running executions
   KEYS[5] vm_hb       ZSET vm_id -> last heartbeat (ms)
-  KEYS[6] vm_info     HASH vm_id -> JSON {created, ready, languages, agent}
+  KEYS[6] vm_info     HASH vm_id -> JSON {created, ready, languages, agent, secret}
   KEYS[7] free        ZSET Ready VMs with a free slot
   KEYS[8] queue       STREAM of this VM
   KEYS[9] vm_since    HASH vm_id -> when it entered its state (ms)

@@ -301,6 +301,8 @@ pub struct ProviderHealth {
     pub orphans_deleted: u64,
     /// When the leader last compared the provider's VMs with the records.
     pub last_sync: Option<String>,
+    /// Why the last list of the provider's VMs failed (`null`: it worked).
+    pub last_sync_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

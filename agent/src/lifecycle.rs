@@ -12,7 +12,7 @@
 //!      then heartbeats: see [`watch`]) for `WARMPOOL_AGENT_ORPHAN_TIMEOUT_S`. Nobody can
 //!      give this VM work or see it: it must go.
 //!    - [`ExitReason::Unattended`]: Redis answers, but no orchestrator replica has held the
-//!      pool's leader lease, and nothing has run here, for `WARMPOOL_AGENT_ORPHAN_TIMEOUT_S`:
+//!      pool's leader lease, and nothing has run here, for `WARMPOOL_AGENT_UNATTENDED_TIMEOUT_S`:
 //!      every replica is gone (scaled to zero, deleted), so nobody will retire this VM. A
 //!      replica that comes back finds the VM dead and creates what it needs.
 //! 2. The worker winds down as on SIGTERM (running executions get the grace period).
@@ -138,12 +138,13 @@ impl Stop {
 /// [`ExitReason::Retired`] when the heartbeat's answer says the VM is dead or unknown, and as
 /// [`ExitReason::Orphaned`] when no heartbeat succeeded for `orphan_after` since `last_ok` (the
 /// registration), even while a heartbeat call hangs, and as [`ExitReason::Unattended`] when
-/// the heartbeats found no leader and nothing running for `orphan_after`.
+/// the heartbeats found no leader and nothing running for `unattended_after` (`None`: never).
 pub async fn watch(
     store: Store,
     vm_id: String,
     every: Duration,
     orphan_after: Duration,
+    unattended_after: Option<Duration>,
     mut last_ok: Instant,
     stop: Stop,
 ) {
@@ -180,7 +181,7 @@ pub async fn watch(
                     unattended_since = None;
                 } else {
                     let since = *unattended_since.get_or_insert(last_ok);
-                    if since.elapsed() >= orphan_after {
+                    if unattended_after.is_some_and(|after| since.elapsed() >= after) {
                         stop.end(ExitReason::Unattended {
                             for_: since.elapsed(),
                         });

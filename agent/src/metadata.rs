@@ -72,20 +72,6 @@ const ATTRIBUTES: [(&str, &str, Need); 5] = [
 const AGENT_ENV: &str = "warmpool-agent-env";
 const CAPACITY: &str = "warmpool-capacity";
 
-/// Settings `warmpool-agent-env` may set: the agent's own, nothing that reaches another
-/// program (`PATH`, `LD_PRELOAD`) or the VM's identity (which has its own attributes).
-const ALLOWED_PREFIXES: [&str; 2] = ["WARMPOOL_AGENT_", "WARMPOOL_SANDBOX_"];
-const ALLOWED_KEYS: [&str; 5] = [
-    "WARMPOOL_HEARTBEAT_INTERVAL_MS",
-    "WARMPOOL_RESULT_TTL_S",
-    "WARMPOOL_PLACEMENT",
-    "RUST_LOG",
-    // The log filter both warmpool binaries actually read (`warmpool::cli::init_tracing`).
-    "WARMPOOL_LOG",
-];
-/// Matches an allowed prefix but is the bootstrap's own output or switch.
-const BOOTSTRAP_KEYS: [&str; 3] = [INSTANCE_ENV, FROM_METADATA_ENV, TIMEOUT_ENV];
-
 /// A failed bootstrap. Each message is one line that names the attribute or path at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -344,55 +330,12 @@ fn checked_value(what: &str, value: &str) -> Result<String, MetadataError> {
     Ok(value.to_string())
 }
 
-/// `warmpool-agent-env`: one `KEY=VALUE` per line (the value runs to the end of the line, `=`
-/// included); blank lines and lines starting with `#` are skipped. Only agent settings are
-/// accepted: keys starting with `WARMPOOL_AGENT_` or `WARMPOOL_SANDBOX_`, and
-/// `WARMPOOL_HEARTBEAT_INTERVAL_MS`, `WARMPOOL_RESULT_TTL_S`, `WARMPOOL_PLACEMENT`, `RUST_LOG`,
-/// `WARMPOOL_LOG`. Any other key is an error naming it: a typo or a setting that does not
-/// belong there should stop the VM at boot, not be ignored.
+/// `warmpool-agent-env`: agent settings, one `KEY=VALUE` per line (the contract is
+/// [`warmpool::gce::agent_env`], which the orchestrator checks too). Any other key is an error
+/// naming it: a typo or a setting that does not belong there stops the VM at boot, not ignored.
 pub fn parse_agent_env(text: &str) -> Result<Vec<(String, String)>, MetadataError> {
-    let mut vars = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line_no = i + 1;
-        let line = raw.trim_end_matches('\r');
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let bad = |problem: String| MetadataError::AgentEnv {
-            line: line_no,
-            problem,
-        };
-        let Some((key, value)) = trimmed.split_once('=') else {
-            return Err(bad("not KEY=VALUE".into()));
-        };
-        let key = key.trim();
-        if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(bad(format!("{key:?} is not a variable name")));
-        }
-        if BOOTSTRAP_KEYS.contains(&key) {
-            return Err(bad(format!(
-                "{key} is set by the bootstrap itself and cannot come from warmpool-agent-env"
-            )));
-        }
-        let allowed =
-            ALLOWED_PREFIXES.iter().any(|p| key.starts_with(p)) || ALLOWED_KEYS.contains(&key);
-        if !allowed {
-            return Err(bad(format!(
-                "{key} is not an agent setting (allowed: WARMPOOL_AGENT_*, WARMPOOL_SANDBOX_*, {})",
-                ALLOWED_KEYS.join(", ")
-            )));
-        }
-        if value.contains('\0') {
-            return Err(bad(format!("the value of {key} contains a NUL byte")));
-        }
-        vars.push((key.to_string(), value.to_string()));
-    }
-    Ok(vars)
+    warmpool::gce::agent_env::parse(text)
+        .map_err(|(line, problem)| MetadataError::AgentEnv { line, problem })
 }
 
 /// A client of the metadata server.

@@ -129,6 +129,15 @@ pub struct Settings {
     /// which the agent is an orphan: it stops and shuts its VM down (WARMPOOL_AGENT_ON_EXIT).
     #[arg(long, env = "WARMPOOL_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
     pub orphan_timeout_s: u64,
+    /// Seconds with no orchestrator replica leading the pool and nothing running here, after
+    /// which the agent is unattended: it stops and shuts its VM down (WARMPOOL_AGENT_ON_EXIT).
+    /// Longer than the orphan timeout: a deploy of every replica should not empty the pool.
+    #[arg(
+        long,
+        env = "WARMPOOL_AGENT_UNATTENDED_TIMEOUT_S",
+        default_value_t = 900
+    )]
+    pub unattended_timeout_s: u64,
     /// What a retired or orphaned agent does to its VM: `none`, `delete-instance` (falls back
     /// to `poweroff`) or `poweroff`. A SIGTERM never shuts the VM down.
     #[arg(long, env = "WARMPOOL_AGENT_ON_EXIT", value_enum, default_value_t = OnExit::None)]
@@ -286,7 +295,16 @@ pub async fn run(
     // A URL that cannot be parsed will not parse on a retry either.
     warmpool::store::builder(&redis).context("WARMPOOL_REDIS_URL")?;
     let stop = Stop::new(&shutdown);
-    let orphan_after = Duration::from_secs(settings.orphan_timeout_s.max(1));
+    // With nothing to do to the VM (`none`: development, the local provider) the dead-man's
+    // switch is off: the agent waits for Redis and for a leader as long as it takes.
+    let switch_on = settings.on_exit != OnExit::None;
+    let orphan_after = if switch_on {
+        Duration::from_secs(settings.orphan_timeout_s.max(1))
+    } else {
+        Duration::from_secs(100 * 365 * 86_400)
+    };
+    let unattended_after =
+        switch_on.then(|| Duration::from_secs(settings.unattended_timeout_s.max(1)));
 
     let languages = sandbox.languages();
     tracing::info!(
@@ -324,6 +342,7 @@ pub async fn run(
         vm_id.clone(),
         Duration::from_millis(settings.heartbeat_interval_ms.max(50)),
         orphan_after,
+        unattended_after,
         registered_at,
         stop.clone(),
     ));

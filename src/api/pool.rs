@@ -68,6 +68,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<PoolSta
                 vms_lost: p.vms_lost,
                 orphans_deleted: p.orphans_deleted,
                 last_sync: p.last_sync_ms.map(crate::model::rfc3339_ms),
+                last_sync_error: p.last_sync_error.clone(),
             }
         }),
         status: control.map(|c| c.status),

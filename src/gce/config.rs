@@ -111,8 +111,8 @@ pub struct GceConfig {
         hide_env_values = true
     )]
     pub agent_redis_url: Option<String>,
-    /// Agent settings, `KEY=VALUE` comma-separated, passed as metadata `warmpool-agent-env`
-    /// (only agent settings are accepted by the agent).
+    /// Agent settings, `KEY=VALUE` separated by `;` or newlines, passed as metadata
+    /// `warmpool-agent-env` (only agent settings: checked at start).
     #[arg(
         long = "gce-agent-env",
         env = "WARMPOOL_GCE_AGENT_ENV",
@@ -270,16 +270,10 @@ impl GceConfig {
             }
             labels.insert(k.to_string(), v.to_string());
         }
-        let mut agent_env = Vec::new();
-        for pair in list(&self.agent_env) {
-            let Some((k, v)) = pair.split_once('=') else {
-                return Err(bad(
-                    "WARMPOOL_GCE_AGENT_ENV",
-                    format!("{pair:?}: expected KEY=VALUE"),
-                ));
-            };
-            agent_env.push((k.trim().to_string(), v.trim().to_string()));
-        }
+        // `;` or newlines between settings: values may hold commas (log filters do).
+        let agent_env = super::agent_env::parse(&self.agent_env.replace(';', "\n")).map_err(
+            |(n, problem)| bad("WARMPOOL_GCE_AGENT_ENV", format!("setting {n}: {problem}")),
+        )?;
         if self.max_inserts_per_min == 0 {
             return Err(bad(
                 "WARMPOOL_GCE_MAX_INSERTS_PER_MIN",
@@ -470,6 +464,18 @@ mod tests {
         c.zones = Some("europe-west1-b, europe-west1-c".into());
         c.agent_image = "europe-docker.pkg.dev/proj/warmpool/agent:1".into();
         c
+    }
+
+    #[test]
+    fn agent_settings_are_checked_at_start_and_may_hold_commas() {
+        let mut c = config();
+        c.agent_env = "WARMPOOL_AGENT_SLOTS=2; WARMPOOL_LOG=warn,warmpool_agent=debug".into();
+        let s = c.settings("games", "redis://r").unwrap();
+        assert_eq!(s.agent_env[1].1, "warn,warmpool_agent=debug");
+        c.agent_env = "WARMPOOL_AGENT_SLOTS=2;PATH=/tmp".into();
+        let err = c.settings("games", "redis://r").unwrap_err();
+        assert_eq!(err.name, "WARMPOOL_GCE_AGENT_ENV");
+        assert!(err.message.contains("PATH"), "{}", err.message);
     }
 
     #[test]

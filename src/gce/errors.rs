@@ -8,12 +8,13 @@
 //!
 //! | Where | What | Class |
 //! |-------|------|-------|
-//! | HTTP | no answer, timeout, 429, 5xx, 403 `rateLimitExceeded` | `Transient`: back off, retry the same request id |
+//! | HTTP | no answer, timeout, 429, 5xx, 403 rate limit or API request quota | `Transient`: back off, retry the same request id |
 //! | HTTP | 409 `alreadyExists` on insert | `Exists`: our earlier attempt made it |
 //! | HTTP | 403 quota | `Capacity`: next zone |
 //! | HTTP | other 4xx (bad image, machine type, permission) | `Config`: the VM fails, creates pause |
 //! | operation | `ZONE_RESOURCE_POOL_EXHAUSTED*`, `*STOCKOUT*`, `QUOTA_EXCEEDED`, `*_QUOTA_*` | `Capacity`: next zone |
 //! | operation | rate exceeded, internal or unavailable | `Transient`: insert again (a new request id) |
+//! | operation | `RESOURCE_ALREADY_EXISTS` | `Exists` |
 //! | operation | anything else | `Config` |
 
 /// The class of a Compute Engine failure.
@@ -36,7 +37,13 @@ pub fn classify_http(status: Option<u16>, message: &str) -> Failure {
     match status {
         None | Some(408) | Some(429) | Some(500..=599) => Failure::Transient(message.into()),
         Some(409) => Failure::Exists,
-        Some(403) if lower.contains("ratelimit") || lower.contains("rate limit") => {
+        // API request quotas ("Quota exceeded for quota metric 'Queries'…") pass with time;
+        // resource quotas (CPUs, addresses in a region) do not.
+        Some(403)
+            if lower.contains("ratelimit")
+                || lower.contains("rate limit")
+                || lower.contains("quota metric") =>
+        {
             Failure::Transient(message.into())
         }
         Some(403) if lower.contains("quota") => Failure::Capacity(message.into()),
@@ -52,6 +59,9 @@ pub fn classify_operation(errors: &[(String, String)]) -> Failure {
         .collect::<Vec<_>>()
         .join("; ");
     let codes = || errors.iter().map(|(c, _)| c.as_str());
+    if codes().any(|c| c == "RESOURCE_ALREADY_EXISTS") {
+        return Failure::Exists;
+    }
     if codes().any(|c| {
         c.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED")
             || c.contains("STOCKOUT")
@@ -89,6 +99,11 @@ mod tests {
             (
                 Some(403),
                 "rateLimitExceeded: too many requests",
+                "transient",
+            ),
+            (
+                Some(403),
+                "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute'",
                 "transient",
             ),
             (
@@ -138,6 +153,7 @@ mod tests {
             ("RESOURCE_OPERATION_RATE_EXCEEDED", "transient"),
             ("INTERNAL_ERROR", "transient"),
             ("RESOURCE_NOT_FOUND", "config"),
+            ("RESOURCE_ALREADY_EXISTS", "exists"),
             ("INVALID_FIELD_VALUE", "config"),
         ] {
             let got = match classify_operation(&one(code)) {

@@ -25,9 +25,6 @@ const REQUEST_NAMESPACE: uuid::Uuid =
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_POLL: Duration = Duration::from_secs(5);
-/// A zone that could not take a VM (stockout, quota) is tried last for this long, so a burst
-/// of creates does not pay for the same stockout once per VM.
-const ZONE_COOLDOWN: Duration = Duration::from_secs(120);
 
 /// API calls made, by method (the figures of `warmpool bench gce`).
 #[derive(Debug, Default)]
@@ -55,12 +52,11 @@ pub struct GceProvider {
     /// vm_id → the zone its instance is in, learned from creates and lists (a delete tries
     /// every zone when it does not know).
     zones: Mutex<HashMap<String, String>>,
-    /// Zones that recently could not take a VM, and since when.
-    full_since: Mutex<HashMap<String, Instant>>,
     calls: Calls,
 }
 
-/// Full jitter in [d/2, d]: retries of many VMs spread out instead of arriving together.
+/// "Equal jitter", a delay drawn from [d/2, d]: retries of many VMs spread out instead of
+/// arriving together, and none comes back sooner than half the backoff.
 fn jitter(d: Duration) -> Duration {
     let r = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
     d.mul_f64(0.5 + r / 2.0)
@@ -117,7 +113,6 @@ impl GceProvider {
             settings,
             client,
             zones: Mutex::new(HashMap::new()),
-            full_since: Mutex::new(HashMap::new()),
             calls: Calls::default(),
         })
     }
@@ -138,41 +133,25 @@ impl GceProvider {
             .insert(vm_id.to_string(), zone.to_string());
     }
 
-    /// The zones in order of preference, those that recently could not take a VM last.
-    fn zone_order(&self) -> Vec<String> {
-        let full = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
-        let cooling = |z: &String| full.get(z).is_some_and(|t| t.elapsed() < ZONE_COOLDOWN);
-        let (mut first, last): (Vec<String>, Vec<String>) = self
-            .settings
-            .zones
-            .iter()
-            .cloned()
-            .partition(|z| !cooling(z));
-        first.extend(last);
-        first
-    }
-
     /// Creates the VM in the first zone that can take it.
+    ///
+    /// The zones are always walked in the configured order, and every insert's request id
+    /// depends only on the VM, the zone and the attempt: two creators of one VM (a leader and
+    /// its successor, before the first noticed) send the same requests and reach the same
+    /// instance. A smarter order (skipping a zone that just stocked out) would let them
+    /// diverge into two zones.
     async fn create_vm(&self, spec: &VmSpec) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.settings.operation_timeout;
         let mut full = Vec::new();
-        for zone in &self.zone_order() {
+        for zone in &self.settings.zones {
             match self.create_in_zone(zone, spec, deadline).await {
                 Ok(()) => {
                     self.remember_zone(&spec.vm_id, zone);
-                    self.full_since
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(zone);
                     tracing::info!(vm_id = %spec.vm_id, zone, "instance created");
                     return Ok(());
                 }
                 Err(Failure::Capacity(m)) => {
                     tracing::warn!(vm_id = %spec.vm_id, zone, reason = %m, "zone cannot take the VM; trying the next zone");
-                    self.full_since
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(zone.clone(), Instant::now());
                     full.push(format!("{zone}: {m}"));
                 }
                 Err(Failure::Config(m)) => {
@@ -234,7 +213,19 @@ impl GceProvider {
                 // An instance of that name exists: an earlier attempt of ours made it.
                 return Ok(());
             };
-            match self.wait(zone, op, deadline).await? {
+            let waited = match self.wait(zone, op, deadline).await {
+                Ok(w) => w,
+                // The operation cannot be followed (gone, or the deadline passed), but the
+                // insert was accepted: the instance decides. If it exists the create went
+                // through (the boot timeout watches the rest); failing the record would
+                // delete a VM that may well be booting.
+                Err(Failure::Transient(m)) => match self.instance_exists(zone, &name).await {
+                    Ok(true) => return Ok(()),
+                    _ => return Err(Failure::Transient(m)),
+                },
+                Err(other) => return Err(other),
+            };
+            match waited {
                 None => return Ok(()),
                 Some(errors) => match classify_operation(&errors) {
                     Failure::Transient(m) => {
@@ -277,6 +268,7 @@ impl GceProvider {
                 .set_project(self.settings.project.clone())
                 .set_zone(zone)
                 .set_request_id(request_id)
+                .set_or_clear_source_instance_template(self.settings.instance_template.clone())
                 .set_body(body.clone())
                 .with_retry_policy(NeverRetry)
                 .with_attempt_timeout(left.min(ATTEMPT_TIMEOUT))
@@ -349,11 +341,41 @@ impl GceProvider {
                 .await
             {
                 Ok(next) => op = next,
-                // A poll that fails is polled again (the deadline bounds it).
-                Err(err) => {
-                    tracing::debug!(zone, operation = %name, error = %message(&err), "polling failed")
-                }
+                Err(err) => match (err.http_status_code(), classify(&err)) {
+                    // Operations are kept for a while only.
+                    (Some(404), _) => {
+                        return Err(Failure::Transient(format!(
+                            "operation {name} in {zone} not found"
+                        )))
+                    }
+                    // No permission to read operations, say: an operator must act.
+                    (_, Failure::Config(m)) => return Err(Failure::Config(m)),
+                    // Passing: poll again (the deadline bounds it).
+                    (_, other) => {
+                        tracing::debug!(zone, operation = %name, error = ?other, "polling failed")
+                    }
+                },
             }
+        }
+    }
+
+    /// Whether instance `name` exists in `zone` (for an operation that could not be followed).
+    async fn instance_exists(&self, zone: &str, name: &str) -> Result<bool, Failure> {
+        self.reads.acquire().await;
+        match self
+            .client
+            .get()
+            .set_project(self.settings.project.clone())
+            .set_zone(zone)
+            .set_instance(name)
+            .with_retry_policy(NeverRetry)
+            .with_attempt_timeout(ATTEMPT_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if err.http_status_code() == Some(404) => Ok(false),
+            Err(err) => Err(classify(&err)),
         }
     }
 
@@ -402,9 +424,10 @@ impl GceProvider {
                     break; // not in this zone
                 }
                 let m = message(&err);
-                // An instance still being created cannot be deleted yet: that passes.
-                let failure = if status == Some(400) && m.to_ascii_lowercase().contains("not ready")
-                {
+                // An instance still being created cannot be deleted yet, and a delete that
+                // conflicts with another operation on it: both pass.
+                let not_ready = status == Some(400) && m.to_ascii_lowercase().contains("not ready");
+                let failure = if not_ready || status == Some(409) {
                     Failure::Transient(m)
                 } else {
                     classify(&err)

@@ -2,10 +2,11 @@
 //! and acts).
 //!
 //! # Rules
-//! - A VM whose agent has registered (Ready or Draining) but whose instance the provider no
-//!   longer lists, or lists stopped (a preempted Spot VM), is **lost**: the reconciler fails it
-//!   at once (its games move, its executions are queued again) instead of waiting for the
-//!   heartbeat timeout. A Provisioning VM is left to the boot timeout unless its instance is
+//! - A VM whose agent has registered (Ready or Draining) but whose instance the provider lists
+//!   stopped (a preempted Spot VM), or has not listed in two lists running, is **lost**: the
+//!   reconciler fails it at once (its games move, its executions are queued again) instead of
+//!   waiting for the heartbeat timeout. One missing list entry is not enough: a list is not a
+//!   transaction. A Provisioning VM is left to the boot timeout unless its instance is
 //!   listed stopped (its create may still be on its way).
 //! - An instance of the pool with no record is an **orphan**: left by a leader that died
 //!   between create and record-keeping, by a failed delete, or by a Redis data loss. Its agent
@@ -13,8 +14,9 @@
 //!   period is deleted.
 //!
 //! # Example
-//! Records `p-1` Ready, `p-2` Provisioning; the provider lists `p-2` Starting and `p-9`
-//! Running, first seen 400 s ago with a 300 s grace: `p-1` is lost, `p-9` is deleted.
+//! Records `p-1` Ready (also missing from the previous list), `p-2` Provisioning; the provider
+//! lists `p-2` Starting and `p-9` Running, first seen 400 s ago with a 300 s grace: `p-1` is
+//! lost, `p-9` is deleted.
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,15 +32,25 @@ pub struct Inventory {
     pub orphans: Vec<String>,
 }
 
-/// `first_seen` (vm_id → ms) carries the orphans' first sighting between calls; entries that
-/// are no longer orphans are dropped.
+/// What the comparisons remember between calls.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// Orphans' first sighting (ms).
+    pub first_seen: HashMap<String, u64>,
+    /// Registered VMs missing from the last list.
+    pub missing: HashSet<String>,
+}
+
+/// Entries of `memory` that no longer apply are dropped.
 pub fn compare(
     records: &[VmView],
     instances: &[VmInstance],
-    first_seen: &mut HashMap<String, u64>,
+    memory: &mut Memory,
     now_ms: u64,
     grace_ms: u64,
 ) -> Inventory {
+    let first_seen = &mut memory.first_seen;
+    let mut missing_now = HashSet::new();
     let mut out = Inventory::default();
     let by_id: HashMap<&str, &VmInstance> =
         instances.iter().map(|i| (i.vm_id.as_str(), i)).collect();
@@ -46,7 +58,11 @@ pub fn compare(
         let instance = by_id.get(r.vm_id.as_str());
         let why = match (r.state, instance) {
             (VmState::Ready | VmState::Draining, None) => {
-                Some("its instance is gone at the provider".to_string())
+                missing_now.insert(r.vm_id.clone());
+                memory
+                    .missing
+                    .contains(&r.vm_id)
+                    .then(|| "its instance is gone at the provider".to_string())
             }
             (
                 VmState::Ready | VmState::Draining | VmState::Provisioning | VmState::Booting,
@@ -74,6 +90,7 @@ pub fn compare(
         }
     }
     first_seen.retain(|id, _| seen_now.contains(id));
+    memory.missing = missing_now;
     out
 }
 
@@ -104,7 +121,10 @@ mod tests {
 
     #[test]
     fn the_worked_example() {
-        let mut seen = HashMap::from([("p-9".to_string(), 100_000)]);
+        let mut seen = Memory {
+            first_seen: HashMap::from([("p-9".to_string(), 100_000)]),
+            missing: HashSet::from(["p-1".to_string()]),
+        };
         let inv = compare(
             &[
                 record("p-1", VmState::Ready),
@@ -135,7 +155,7 @@ mod tests {
             .iter()
             .map(|r| instance(&r.vm_id, InstanceState::Stopped))
             .collect();
-        let inv = compare(&records, &instances, &mut HashMap::new(), 0, 0);
+        let inv = compare(&records, &instances, &mut Memory::default(), 0, 0);
         let lost: Vec<&str> = inv.lost.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(lost, ["ready", "draining", "new"]);
         assert!(inv.lost[0].1.contains("stopped"));
@@ -149,7 +169,7 @@ mod tests {
                 record("dead", VmState::Dead),
             ],
             &[],
-            &mut HashMap::new(),
+            &mut Memory::default(),
             0,
             0,
         );
@@ -157,8 +177,22 @@ mod tests {
     }
 
     #[test]
+    fn a_registered_vm_missing_from_two_lists_in_a_row_is_lost() {
+        let mut memory = Memory::default();
+        let records = [record("a", VmState::Ready)];
+        let here = [instance("a", InstanceState::Running)];
+        assert!(compare(&records, &[], &mut memory, 0, 0).lost.is_empty());
+        // Back in the next list: forgiven.
+        assert!(compare(&records, &here, &mut memory, 0, 0).lost.is_empty());
+        assert!(compare(&records, &[], &mut memory, 0, 0).lost.is_empty());
+        let inv = compare(&records, &[], &mut memory, 0, 0);
+        assert_eq!(inv.lost.len(), 1);
+        assert!(inv.lost[0].1.contains("gone"));
+    }
+
+    #[test]
     fn an_orphan_waits_out_its_grace_and_is_forgiven_once_it_registers() {
-        let mut seen = HashMap::new();
+        let mut seen = Memory::default();
         let orphan = [instance("x-1", InstanceState::Running)];
         assert!(compare(&[], &orphan, &mut seen, 1_000, 5_000)
             .orphans
@@ -179,7 +213,7 @@ mod tests {
             5_000,
         );
         assert_eq!(inv, Inventory::default());
-        assert!(seen.is_empty());
+        assert!(seen.first_seen.is_empty());
         // Seen again later as an orphan: the grace starts over.
         assert!(compare(&[], &orphan, &mut seen, 8_000, 5_000)
             .orphans

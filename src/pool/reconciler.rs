@@ -10,24 +10,28 @@
 //! # Guarantees
 //! - Only the leader acts, and each VM change is fenced by its token: a stale leader's pass
 //!   stops at its first `Fenced` answer.
-//! - A VM is recorded before it is created, and created once per record (its id is its
-//!   provider request id): a crash between the two leaves a record that times out as a failed
-//!   boot and is replaced, never a second VM.
+//! - A VM is recorded before it is created, and has at most one instance: the provider
+//!   derives the instance name and every request id from the record, and walks zones in a
+//!   fixed order, so a retried create, or a new leader resuming a create the old one left
+//!   unfinished (a provisioning record with no instance, found by the inventory sync), reaches
+//!   the same instance. A leader that loses its term cancels its creates within 100 ms.
 //! - A failed or retired VM's games go back to pending (in their original order) and every
 //!   execution left on its stream is queued again or, after `WARMPOOL_MAX_ATTEMPTS`
 //!   deliveries, ends `failed` with `vm_lost`. The stream is deleted only once empty, so a
 //!   leader that dies mid-recovery leaves the rest for the next one.
-//!
 //! - Creates run in the background (at most `WARMPOOL_CREATE_CONCURRENCY` at once), so a pass
 //!   that asks for 100 VMs does not wait for 100 provider operations. A create that fails
 //!   fails its record (the next pass replaces it) and pauses creates: a configuration error
-//!   for `WARMPOOL_CREATE_PAUSE_S`, doubling up to 15 min, a stockout everywhere or a passing
-//!   error for a tenth of that. After a pause one create probes at a time until one succeeds,
-//!   so a mistake costs one API call per pause, not one per VM. The failure is shown in
+//!   for `WARMPOOL_CREATE_PAUSE_S` (doubling with each pause that ends in another failure, up
+//!   to 15 min), a stockout everywhere or a passing error for a tenth of that. The creates
+//!   still queued when a pause starts are cancelled (their records are resumed later); those
+//!   already sent fail on their own without lengthening the pause. After a pause one create
+//!   (new or resumed) probes at a time until one succeeds. The failure is shown in
 //!   `GET /v1/pool` (`provider.last_error`).
 //! - Every `WARMPOOL_PROVIDER_SYNC_INTERVAL_S` the leader lists the provider's VMs and
-//!   compares them with the records ([`inventory`]): lost VMs are failed at once, orphans
-//!   deleted after `WARMPOOL_ORPHAN_GRACE_S`.
+//!   compares them with the records ([`inventory`]): lost VMs are failed, orphans deleted
+//!   after `WARMPOOL_ORPHAN_GRACE_S` (unless their agent registered meanwhile), unfinished
+//!   creates resumed. A VM whose create still runs here is not failed for its boot time.
 //!
 //! # Caveats
 //! - Evicting a VM's games scans the pool's game hash (O(games)); it runs only when a VM fails
@@ -112,30 +116,60 @@ pub struct ProviderControl {
     pub vms_lost: u64,
     pub orphans_deleted: u64,
     pub last_sync_ms: Option<u64>,
+    /// Why the last list of the provider's VMs failed (`None`: it worked).
+    #[serde(default)]
+    pub last_sync_error: Option<String>,
 }
 
 impl ProviderControl {
-    /// Records a failed create and lengthens the pause.
-    fn failed(&mut self, err: &ProviderError, now_ms: u64, first_pause: Duration) {
-        let base = match err.kind {
-            FailureKind::Config => first_pause,
-            FailureKind::Capacity | FailureKind::Transient => first_pause / 10,
-        };
-        let pause = if self.pause_ms == 0 {
-            base
-        } else {
-            (Duration::from_millis(self.pause_ms) * 2).max(base)
-        }
-        .min(MAX_CREATE_PAUSE);
-        self.pause_ms = pause.as_millis() as u64;
-        self.paused_until_ms = Some(now_ms + self.pause_ms);
+    /// Records a failed create and, unless a pause is already running (the creates sent
+    /// before it fail one after another), starts the next, longer one. Returns whether a
+    /// pause started.
+    fn failed(&mut self, err: &ProviderError, now_ms: u64, first_pause: Duration) -> bool {
         self.creates_failed += 1;
+        let paused = self.paused_until_ms.is_some_and(|t| t > now_ms);
+        if !paused {
+            let base = match err.kind {
+                FailureKind::Config => first_pause,
+                FailureKind::Capacity | FailureKind::Transient => first_pause / 10,
+            };
+            let pause = if self.pause_ms == 0 {
+                base
+            } else {
+                (Duration::from_millis(self.pause_ms) * 2).max(base)
+            }
+            .min(MAX_CREATE_PAUSE);
+            self.pause_ms = pause.as_millis() as u64;
+            self.paused_until_ms = Some(now_ms + self.pause_ms);
+        }
         self.last_error = Some(crate::model::ProviderFailure {
             vm_id: err.vm_id.clone(),
             kind: err.kind.as_str().to_string(),
             message: err.message.clone(),
             at: crate::model::rfc3339_ms(now_ms),
         });
+        !paused
+    }
+}
+
+/// Whether creates may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// After a pause, until a create succeeds: one at a time.
+    Probe,
+    Closed,
+}
+
+fn create_gate(p: &ProviderControl, now_ms: u64, in_flight: usize) -> Gate {
+    if p.paused_until_ms.is_some_and(|t| t > now_ms) {
+        Gate::Closed
+    } else if p.pause_ms == 0 {
+        Gate::Open
+    } else if in_flight == 0 {
+        Gate::Probe
+    } else {
+        Gate::Closed
     }
 }
 
@@ -153,6 +187,10 @@ struct Creates {
     in_flight: Arc<Mutex<HashSet<String>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Cancels the creates started since the last pause or change of leadership term: a
+    /// pause stops the creates already queued, and a leader that lost its term stops
+    /// creating (its successor resumes what is left).
+    batch: Mutex<(u64, CancellationToken)>,
 }
 
 pub async fn read_control(store: &Store) -> StoreResult<Option<Control>> {
@@ -203,9 +241,9 @@ pub struct Reconciler {
     wake: Arc<Notify>,
     creates: Creates,
     done: tokio::sync::Mutex<mpsc::UnboundedReceiver<CreateDone>>,
-    /// Orphan instances and when they were first seen (the leader's memory: a new leader
-    /// starts their grace over, which only delays a delete).
-    orphans_seen: Mutex<HashMap<String, u64>>,
+    /// What the inventory comparisons remember (the leader's memory: a new leader starts the
+    /// orphans' grace over, which only delays a delete).
+    inventory: Mutex<inventory::Memory>,
     last_sync: Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -224,6 +262,7 @@ impl Reconciler {
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            batch: Mutex::new((0, CancellationToken::new())),
         };
         Reconciler {
             store,
@@ -233,7 +272,7 @@ impl Reconciler {
             wake,
             creates,
             done: tokio::sync::Mutex::new(rx),
-            orphans_seen: Mutex::new(HashMap::new()),
+            inventory: Mutex::new(inventory::Memory::default()),
             last_sync: Mutex::new(None),
         }
     }
@@ -256,6 +295,8 @@ impl Reconciler {
                 }
             }
             let Some(token) = self.leadership.token() else {
+                // Not (or no longer) leading: stop creating.
+                self.cancel_batch();
                 continue;
             };
             if let Err(err) = self.pass(token).await {
@@ -263,7 +304,7 @@ impl Reconciler {
             }
         }
         // Creates in flight are abandoned: their records stay provisioning, and the next
-        // leader's boot timeout fails them and deletes whatever instance they made.
+        // leader resumes them (same instance names and request ids).
         self.creates.cancel.cancel();
         self.creates.tasks.close();
         self.creates.tasks.wait().await;
@@ -272,7 +313,7 @@ impl Reconciler {
     /// A background create ended: on failure, fail its record, note the error and pause.
     async fn created(&self, done: CreateDone) -> StoreResult<()> {
         let Some(token) = self.leadership.token() else {
-            // No longer leading: the new leader's boot timeout takes care of the record.
+            // No longer leading: the new leader resumes or fails the record.
             return Ok(());
         };
         let now = self.store.now_ms().await?;
@@ -288,9 +329,14 @@ impl Reconciler {
                 write_control(&self.store, &control, self.settings.formula.text()).await?;
             }
             Err(err) => {
-                control
+                if control
                     .provider
-                    .failed(&err, now, self.settings.create_pause);
+                    .failed(&err, now, self.settings.create_pause)
+                {
+                    // The creates still queued would meet the same failure: stop them (their
+                    // records stay provisioning and are resumed after the pause).
+                    self.cancel_batch();
+                }
                 tracing::warn!(
                     vm_id = %done.vm_id,
                     kind = err.kind.as_str(),
@@ -324,7 +370,7 @@ impl Reconciler {
     }
 
     /// Lists the provider's VMs if a sync is due: the records to fail as lost (orphans past
-    /// their grace are deleted here).
+    /// their grace are deleted, unfinished creates resumed, here).
     async fn sync_inventory(
         &self,
         token: u64,
@@ -343,19 +389,23 @@ impl Reconciler {
         if !due || !self.settings.manage_size {
             return Vec::new();
         }
+        // Before the list: a create that ends between the two is then listed, not resumed.
+        let creating = self.creating();
         let instances = match self.provider.list().await {
             Ok(i) => i,
             Err(err) => {
                 tracing::warn!(error = %err, "listing the provider's VMs failed");
+                control.last_sync_error = Some(err.to_string());
                 return Vec::new();
             }
         };
+        control.last_sync_error = None;
         let found = {
-            let mut seen = self.orphans_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut memory = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
             inventory::compare(
                 records,
                 &instances,
-                &mut seen,
+                &mut memory,
                 now,
                 self.settings.orphan_grace_ms,
             )
@@ -365,6 +415,20 @@ impl Reconciler {
             if self.leadership.token() != Some(token) {
                 break;
             }
+            // The agent may have registered since the records were read: then it is adopted.
+            match self
+                .store
+                .client()
+                .hexists::<bool, _, _>(&self.store.keys.vm_state, vm_id.as_str())
+                .await
+            {
+                Ok(false) => {}
+                Ok(true) => continue,
+                Err(err) => {
+                    tracing::warn!(vm_id, error = %err, "checking an orphan failed");
+                    continue;
+                }
+            }
             tracing::warn!(
                 vm_id,
                 "deleting an instance no record knows (its agent never registered)"
@@ -372,9 +436,10 @@ impl Reconciler {
             match self.provider.delete(vm_id).await {
                 Ok(()) => {
                     control.orphans_deleted += 1;
-                    self.orphans_seen
+                    self.inventory
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
+                        .first_seen
                         .remove(vm_id);
                 }
                 Err(err) => tracing::warn!(vm_id, error = %err, "deleting an orphan failed"),
@@ -383,36 +448,59 @@ impl Reconciler {
         for (vm_id, why) in &found.lost {
             tracing::warn!(vm_id, why = why.as_str(), "VM lost at the provider");
         }
-        // Provisioning records with no instance and no create running here: a leader that
-        // died or stepped down mid-create left them. Create them again: the instance name and
-        // request ids are the record's, so a create that had gone through is found, not
-        // repeated.
-        let creating = self.creating();
+        self.resume_creates(token, now, records, &instances, &creating, control)
+            .await;
+        control.vms_lost += found.lost.len() as u64;
+        found.lost.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Provisioning records with no instance and no create running here: a leader that died
+    /// or stepped down mid-create left them. They are created again (through the same pause
+    /// gate as new VMs): the instance name and request ids are the record's, so a create that
+    /// had gone through is found, not repeated.
+    async fn resume_creates(
+        &self,
+        token: u64,
+        now: u64,
+        records: &[plan::VmView],
+        instances: &[super::provider::VmInstance],
+        creating: &HashSet<String>,
+        control: &ProviderControl,
+    ) {
+        let mut allowed = match create_gate(control, now, creating.len()) {
+            Gate::Open => usize::MAX,
+            Gate::Probe => 1,
+            Gate::Closed => return,
+        };
         for vm in records {
+            if allowed == 0 || self.leadership.token() != Some(token) {
+                return;
+            }
             let listed = instances.iter().any(|i| i.vm_id == vm.vm_id);
             if vm.state != crate::model::VmState::Provisioning
                 || listed
                 || creating.contains(&vm.vm_id)
-                || self.leadership.token() != Some(token)
             {
                 continue;
             }
             match vms::secret(&self.store, &vm.vm_id).await {
                 Ok(secret) => {
                     tracing::info!(vm_id = %vm.vm_id, "resuming the create of a provisioning VM");
-                    self.spawn_create(VmSpec {
-                        vm_id: vm.vm_id.clone(),
-                        capacity: vm.capacity,
-                        secret,
-                    });
+                    self.spawn_create(
+                        token,
+                        VmSpec {
+                            vm_id: vm.vm_id.clone(),
+                            capacity: vm.capacity,
+                            secret,
+                        },
+                    );
+                    allowed -= 1;
                 }
                 Err(err) => {
                     tracing::warn!(vm_id = %vm.vm_id, error = %err, "reading a VM's secret failed")
                 }
             }
         }
-        control.vms_lost += found.lost.len() as u64;
-        found.lost.into_iter().map(|(id, _)| id).collect()
     }
 
     /// One observe → plan → act pass under fencing token `token`.
@@ -520,17 +608,22 @@ impl Reconciler {
             idle_since_ms,
             provider: provider_control,
         };
-        // After a failed create: nothing until the pause ends, then one probe at a time.
+        // After a failed create: nothing until the pause ends, then one probe at a time. A
+        // VM whose create still runs here is not failed for its boot time.
+        let creating = self.creating();
+        let gate = create_gate(&control.provider, now, creating.len());
         let paused = control.provider.paused_until_ms.is_some_and(|t| t > now);
-        let probing = control.provider.pause_ms > 0;
-        let in_flight = self.creating().len();
         let mut actions = planned.actions.clone();
+        actions.retain(|a| {
+            !matches!(a, Action::Fail { vm_id, reason: FailReason::BootTimeout }
+                if creating.contains(vm_id))
+        });
         for action in &mut actions {
             if let Action::Create { count } = action {
-                if paused || (probing && in_flight > 0) {
-                    *count = 0;
-                } else if probing {
-                    *count = (*count).min(1);
+                match gate {
+                    Gate::Open => {}
+                    Gate::Probe => *count = (*count).min(1),
+                    Gate::Closed => *count = 0,
                 }
             }
         }
@@ -649,11 +742,14 @@ impl Reconciler {
                     .await?;
                     match added {
                         TransitionResult::Fenced => return Err(ActError::Fenced),
-                        TransitionResult::Ok { vm_id, .. } => self.spawn_create(VmSpec {
-                            vm_id,
-                            capacity: self.settings.games_per_vm,
-                            secret,
-                        }),
+                        TransitionResult::Ok { vm_id, .. } => self.spawn_create(
+                            token,
+                            VmSpec {
+                                vm_id,
+                                capacity: self.settings.games_per_vm,
+                                secret,
+                            },
+                        ),
                         _ => {}
                     }
                 }
@@ -699,6 +795,23 @@ impl Reconciler {
         }
     }
 
+    /// The cancellation token of the creates of term `token` (a new one when the term is new).
+    fn batch(&self, token: u64) -> CancellationToken {
+        let mut batch = self.creates.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.0 != token {
+            batch.1.cancel();
+            *batch = (token, CancellationToken::new());
+        }
+        batch.1.clone()
+    }
+
+    /// Cancels the creates started so far (queued or waiting for their operation).
+    fn cancel_batch(&self) {
+        let mut batch = self.creates.batch.lock().unwrap_or_else(|e| e.into_inner());
+        batch.1.cancel();
+        batch.1 = CancellationToken::new();
+    }
+
     /// VM ids whose create runs here now.
     fn creating(&self) -> HashSet<String> {
         self.creates
@@ -709,13 +822,14 @@ impl Reconciler {
     }
 
     /// Creates the VM in the background; its outcome comes back to the loop. A crash before it
-    /// ends leaves the record provisioning: the boot timeout fails it and the next pass
-    /// replaces it.
-    fn spawn_create(&self, spec: VmSpec) {
+    /// ends leaves the record provisioning: the next leader's inventory sync resumes it.
+    fn spawn_create(&self, token: u64, spec: VmSpec) {
         let provider = self.provider.clone();
         let slots = self.creates.slots.clone();
         let tx = self.creates.tx.clone();
         let cancel = self.creates.cancel.clone();
+        let batch = self.batch(token);
+        let leadership = self.leadership.clone();
         let in_flight = self.creates.in_flight.clone();
         if !in_flight
             .lock()
@@ -725,8 +839,16 @@ impl Reconciler {
             return; // already being created here
         }
         self.creates.tasks.spawn(async move {
+            // A leader that lost its term stops creating at once, not at its next pass.
+            let term_lost = async {
+                while leadership.token() == Some(token) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
             let result = tokio::select! {
                 _ = cancel.cancelled() => None,
+                _ = batch.cancelled() => None,
+                _ = term_lost => None,
                 r = async {
                     let _slot = slots.acquire().await;
                     provider.create(&spec).await

@@ -47,7 +47,7 @@ pub async fn transition(
     transition_with_secret(store, token, vm_id, t, "").await
 }
 
-/// [`transition`]; an `Add` keeps the SHA-1 of `secret`, which the VM's agent must present
+/// [`transition`]; an `Add` keeps `secret` in the record, and the VM's agent must present it
 /// when it registers.
 pub async fn transition_with_secret(
     store: &Store,

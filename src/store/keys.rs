@@ -9,7 +9,7 @@
 //! | `{wp:P}:vm:games`           | HASH   | vm_id → games leased to it |
 //! | `{wp:P}:vm:running`         | HASH   | vm_id → executions running on it |
 //! | `{wp:P}:vm:hb`              | ZSET   | vm_id → last heartbeat (ms, Redis clock) |
-//! | `{wp:P}:vm:info`            | HASH   | vm_id → JSON `{created, ready, languages, agent}` |
+//! | `{wp:P}:vm:info`            | HASH   | vm_id → JSON `{created, ready, languages, agent, secret}` |
 //! | `{wp:P}:vm:since`           | HASH   | vm_id → when it entered its state (ms) |
 //! | `{wp:P}:vm:seq`             | STRING | counter of VM ids (`POOL-N`) |
 //! | `{wp:P}:boots`              | LIST   | recent boot times create → Ready (ms), newest first, ≤ 20 |
