@@ -358,8 +358,27 @@ async fn boots_from_instance_metadata_alone() {
     env.push(("WARMPOOL_POOL", "not-this-pool".into()));
     env.push(("WARMPOOL_AGENT_SLOTS", "1".into()));
 
-    let mut agent = Agent::spawn(&["--from-metadata"], &env);
+    // Every log line the agent can write, to prove the secret is in none.
+    env.push(("WARMPOOL_LOG", "trace".into()));
+    // The pool recorded this VM with its secret: only an agent that presents it registers.
     let client = redis_client(&url).await;
+    let keys = Keys::new("pool-boot");
+    let _: () = client
+        .hset(&keys.vm_state, ("vm-boot", "provisioning"))
+        .await
+        .expect("HSET vm:state");
+    let _: () = client
+        .hset(
+            &keys.vm_info,
+            (
+                "vm-boot",
+                r#"{"created":0,"languages":[],"secret":"s3cret-never-logged"}"#,
+            ),
+        )
+        .await
+        .expect("HSET vm:info");
+
+    let mut agent = Agent::spawn(&["--from-metadata"], &env);
     wait_ready(&client, "pool-boot", "vm-boot").await;
 
     let capacity: Option<String> = client
