@@ -29,6 +29,11 @@
 //!
 //! Not yet: a CPU share per execution (`cpu.max`).
 //!
+//! The [`Backend::Nsjail`] backend gives the same protections through nsjail instead of bwrap
+//! (the same binds, uid, cgroup, rlimits, seccomp policy, supervision and outcome mapping), and
+//! adds a read-only `/`, `nosuid`/`nodev` mounts, a `personality` rule and a whole-second
+//! wall-clock backstop: see `nsjail` for how, and why a small init script stays pid 1.
+//!
 //! The [`Backend::Process`] backend runs the same command with the same rlimits, timeouts and
 //! output caps in a fresh temporary directory, and isolates nothing. It exists for development on
 //! machines without user namespaces.
@@ -43,10 +48,12 @@
 //! - `outcome`: the pure mapping from what happened to an [`Outcome`].
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
 //! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
+//! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
 
 mod bwrap;
 mod cgroup;
 mod child;
+mod nsjail;
 mod outcome;
 mod output;
 mod probe;
@@ -69,6 +76,9 @@ pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
 pub enum Backend {
     /// bubblewrap: namespaces, a private tmpfs root, an unprivileged uid. Production.
     Bwrap,
+    /// nsjail: the same sandbox, plus a read-only root and nsjail's own backstops. Production
+    /// (the agent image's default).
+    Nsjail,
     /// The bare process in a temporary directory with rlimits only. Development only: untrusted
     /// code run this way can read the host's files and reach its network.
     Process,
@@ -78,6 +88,7 @@ impl Backend {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Bwrap => "bwrap",
+            Self::Nsjail => "nsjail",
             Self::Process => "process",
         }
     }
@@ -95,9 +106,10 @@ impl FromStr for Backend {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "bwrap" => Ok(Self::Bwrap),
+            "nsjail" => Ok(Self::Nsjail),
             "process" => Ok(Self::Process),
             other => Err(SandboxError::Config(format!(
-                "unknown sandbox backend {other:?} (expected \"bwrap\" or \"process\")"
+                "unknown sandbox backend {other:?} (expected \"bwrap\", \"nsjail\" or \"process\")"
             ))),
         }
     }
@@ -121,9 +133,12 @@ pub struct SandboxConfig {
     /// Where the cgroup filesystems are mounted: `/sys/fs/cgroup` (v2 there, or one directory
     /// per v1 controller). Changed by tests, and for hosts that mount them elsewhere.
     pub cgroup_fs: PathBuf,
-    /// Whether bwrap loads the seccomp filter (see `seccomp`). Default on; off only to measure
+    /// Whether bwrap or nsjail loads the seccomp filter (see `seccomp`). Default on; off only to measure
     /// what it costs.
     pub seccomp: bool,
+    /// The nsjail binary for [`Backend::Nsjail`]; `None`: `WARMPOOL_SANDBOX_NSJAIL`, else
+    /// `nsjail` on PATH.
+    pub nsjail: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -136,6 +151,7 @@ impl Default for SandboxConfig {
             cgroups: CgroupMode::Auto,
             cgroup_fs: PathBuf::from("/sys/fs/cgroup"),
             seccomp: true,
+            nsjail: None,
         }
     }
 }
@@ -151,6 +167,11 @@ pub enum SandboxError {
          `process` backend for development only"
     )]
     BwrapMissing,
+    #[error(
+        "nsjail is not usable: {0} (install it: scripts/ensure-deps.sh, or the agent image; set \
+         WARMPOOL_SANDBOX_NSJAIL to its path; or use the bwrap backend)"
+    )]
+    NsjailUnavailable(String),
     #[error("per-execution cgroups are unavailable: {0}")]
     Cgroups(String),
     #[error("the sandbox probe failed: {0}")]
@@ -174,7 +195,7 @@ impl SandboxError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Config(_) => "invalid_config",
-            Self::BwrapMissing => "sandbox_unavailable",
+            Self::BwrapMissing | Self::NsjailUnavailable(_) => "sandbox_unavailable",
             Self::Cgroups(_) => "cgroups_unavailable",
             Self::ProbeFailed(_) => "probe_failed",
             Self::LanguageUnavailable(_) => "language_unavailable",
@@ -199,6 +220,7 @@ pub struct Sandbox {
 /// The backend, with what it found on the host at start-up.
 enum Launcher {
     Bwrap(bwrap::Bwrap),
+    Nsjail(nsjail::Nsjail),
     Process,
 }
 
@@ -225,6 +247,9 @@ impl Sandbox {
         let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs)?;
         let launcher = match cfg.backend {
             Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
+            Backend::Nsjail => {
+                Launcher::Nsjail(nsjail::Nsjail::locate(cfg.nsjail.as_deref(), cfg.seccomp)?)
+            }
             Backend::Process => {
                 tracing::warn!(
                     "SANDBOX BACKEND `process`: executions run UNSANDBOXED on this host (they can \
@@ -241,7 +266,7 @@ impl Sandbox {
             cgroups,
             available: Vec::new(),
         };
-        if matches!(sandbox.launcher, Launcher::Bwrap(_)) {
+        if matches!(sandbox.launcher, Launcher::Bwrap(_) | Launcher::Nsjail(_)) {
             sandbox.probe_isolation().await?;
         }
         for spec in CATALOG {
@@ -378,6 +403,29 @@ impl Sandbox {
                     rlimits,
                 )
             }
+            Launcher::Nsjail(nsjail) => {
+                let (command, fds) = nsjail.prepare(
+                    &plan.argv,
+                    plan.files,
+                    uid,
+                    self.cfg.work_dir_mb,
+                    plan.limits.wall_time_ms,
+                )?;
+                let mut setup = child::Setup::new(Some(uid), rlimits, fds.inherit());
+                setup.cgroup_procs = cgroup_procs;
+                setup.usage_from_cgroup = usage_from_cgroup;
+                // Kind::Bwrap: the same tree (a launcher, then the namespace's init), killed
+                // and reaped the same way (see `nsjail`).
+                let mut finished =
+                    child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
+                        .await?;
+                fds.finish(&mut finished);
+                (
+                    finished,
+                    bwrap::decode_status as fn(libc::c_int) -> outcome::Termination,
+                    rlimits,
+                )
+            }
             Launcher::Process => {
                 // Dropping to the slot uid needs root. A developer running the agent as
                 // themselves keeps their uid, and then RLIMIT_NPROC would count all their own
@@ -445,6 +493,16 @@ impl Sandbox {
             child::NPROC_LIMIT
         };
         report.check(nproc).map_err(SandboxError::ProbeFailed)?;
+        if let Launcher::Nsjail(nsjail) = &self.launcher {
+            nsjail::check_isolation(&result.stdout, nsjail.seccomp())
+                .map_err(SandboxError::ProbeFailed)?;
+            tracing::info!(
+                nsjail = %nsjail.program().display(),
+                protections = %nsjail.protections(),
+                cgroups = ?self.cgroups(),
+                "sandbox protections in force"
+            );
+        }
         tracing::info!(?report, "sandbox isolation probe passed");
         Ok(())
     }
@@ -693,6 +751,8 @@ mod tests {
     fn backends_parse_from_their_names() {
         assert_eq!("bwrap".parse::<Backend>().ok(), Some(Backend::Bwrap));
         assert_eq!("process".parse::<Backend>().ok(), Some(Backend::Process));
+        assert_eq!("nsjail".parse::<Backend>().ok(), Some(Backend::Nsjail));
+        assert_eq!(Backend::Nsjail.to_string(), "nsjail");
         let err = "docker".parse::<Backend>().unwrap_err();
         assert_eq!(err.kind(), "invalid_config");
     }

