@@ -1,9 +1,10 @@
 //! Per-execution sandbox overhead: each trivial program run bare (exec'd by this process, no
 //! sandbox) and through each sandbox configuration of the agent, in one run.
 //!
-//! Each sandboxed row is one `warmpool-agent bench-sandbox` invocation (the sibling binary):
-//! `Sandbox::run` N times on one slot, timed inside the agent, with the backend and its
-//! switches set through the agent's environment. The bare row runs the very command the agent
+//! A sandboxed measurement is one `warmpool-agent bench-sandbox` invocation (the sibling
+//! binary): `Sandbox::run` n times on one slot, timed inside the agent, with the backend and its
+//! switches set through the agent's environment. The runs are split into rounds, each of which
+//! measures every configuration in turn, so that the noise of a shared machine spreads evenly. The bare row runs the very command the agent
 //! would (`program args… main`, the same file in a fresh directory, an empty environment but
 //! the sandbox's four variables), through pipes as the agent reads them.
 //!
@@ -30,8 +31,13 @@ pub struct SandboxArgs {
     /// Timed runs per program and configuration.
     #[arg(long, default_value_t = 30)]
     runs: usize,
-    /// Untimed runs before them (page cache, the agent's first fork).
-    #[arg(long, default_value_t = 3)]
+    /// The runs are split into this many rounds; each round measures every configuration in
+    /// turn (in a rotating order), so that a noisy minute on a shared machine lands on all
+    /// rows alike instead of on one.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Untimed runs at the start of each measurement (page cache, the agent's first fork).
+    #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Sandboxes run as uid/gid BASE (one slot): apart from the tests' uid ranges, so that a
     /// bench and a test run never share a process limit.
@@ -104,46 +110,93 @@ const BARE: &str = "bare (no sandbox)";
 /// One row: a summary, or why the configuration could not run here.
 type Row = Result<Summary, String>;
 
+/// What one (program, configuration) has gathered so far.
+#[derive(Default)]
+struct Cell {
+    samples: Vec<f64>,
+    /// Set at the first failure; the cell is not tried again.
+    unavailable: Option<String>,
+}
+
 pub async fn run(args: SandboxArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     let agent_bin = sibling("warmpool-agent");
     anyhow::ensure!(
         agent_bin.exists(),
         "{} is missing: cargo build --release --workspace --bins",
         agent_bin.display()
     );
-    let mut blocks = Vec::new();
-    // A configuration that failed for one program (nsjail absent) is not tried again.
-    let mut unavailable: Vec<Option<String>> = vec![None; CONFIGS.len()];
-    for &(language, code, label) in PROGRAMS {
-        let spec = runtimes::lookup(language)
-            .ok_or_else(|| anyhow::anyhow!("{language} is not in the catalog"))?;
-        let bare = if std::path::Path::new(spec.program).exists() {
-            tokio::task::spawn_blocking(move || bare(spec, code, args.warmup, args.runs)).await?
-        } else {
-            Err(format!("{} is not installed", spec.program))
-        };
-        let mut rows = vec![(BARE, bare)];
-        for (i, config) in CONFIGS.iter().enumerate() {
-            let row = match &unavailable[i] {
-                Some(why) => Err(why.clone()),
-                None => {
-                    let row = sandboxed(&agent_bin, config, &args, language, code);
-                    if let Err(why) = &row {
-                        unavailable[i] = Some(why.clone());
-                    }
-                    row
+    let specs = PROGRAMS
+        .iter()
+        .map(|&(language, _, _)| {
+            runtimes::lookup(language)
+                .ok_or_else(|| anyhow::anyhow!("{language} is not in the catalog"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // cells[program][0] is bare, cells[program][1 + i] is CONFIGS[i].
+    let mut cells: Vec<Vec<Cell>> = PROGRAMS
+        .iter()
+        .map(|_| (0..=CONFIGS.len()).map(|_| Cell::default()).collect())
+        .collect();
+    let per_round = args.runs.div_ceil(args.rounds);
+    for round in 0..args.rounds {
+        for (p, &(language, code, _)) in PROGRAMS.iter().enumerate() {
+            let spec = specs[p];
+            for k in 0..=CONFIGS.len() {
+                let c = (k + round) % (CONFIGS.len() + 1);
+                let cell = &mut cells[p][c];
+                let n = per_round.min(args.runs.saturating_sub(cell.samples.len()));
+                if cell.unavailable.is_some() || n == 0 {
+                    continue;
                 }
-            };
-            rows.push((config.label, row));
+                let measured = if c == 0 {
+                    if std::path::Path::new(spec.program).exists() {
+                        let warmup = args.warmup;
+                        tokio::task::spawn_blocking(move || bare(spec, code, warmup, n)).await?
+                    } else {
+                        Err(format!("not available: {} is not installed", spec.program))
+                    }
+                } else {
+                    sandboxed(&agent_bin, &CONFIGS[c - 1], &args, n, language, code)
+                };
+                match measured {
+                    Ok(samples) => cell.samples.extend(samples),
+                    Err(why) => cell.unavailable = Some(why),
+                }
+            }
         }
-        blocks.push((label, rows));
     }
+    let blocks: Vec<Block<'_>> = PROGRAMS
+        .iter()
+        .zip(cells)
+        .map(|(&(_, _, label), cells)| {
+            let rows = cells
+                .into_iter()
+                .enumerate()
+                .map(|(c, cell)| {
+                    let name = if c == 0 { BARE } else { CONFIGS[c - 1].label };
+                    let row = match cell.unavailable {
+                        Some(why) => Err(why),
+                        None => Ok(summarize(cell.samples)),
+                    };
+                    (name, row)
+                })
+                .collect();
+            (label, rows)
+        })
+        .collect();
     Ok(render(&args, &blocks))
 }
 
-/// The program exec'd directly: the agent's command line, in a directory holding its file.
-fn bare(spec: &'static runtimes::RuntimeSpec, code: &str, warmup: usize, runs: usize) -> Row {
+/// `runs` timed runs of the program exec'd directly: the agent's command line, in a directory
+/// holding its file.
+fn bare(
+    spec: &'static runtimes::RuntimeSpec,
+    code: &str,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<f64>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     std::fs::write(dir.path().join("main"), code).map_err(|e| format!("writing main: {e}"))?;
     let mut samples = Vec::with_capacity(runs);
@@ -170,21 +223,22 @@ fn bare(spec: &'static runtimes::RuntimeSpec, code: &str, warmup: usize, runs: u
             samples.push(started.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    Ok(summarize(samples))
+    Ok(samples)
 }
 
-/// One `warmpool-agent bench-sandbox` run in `config`; the agent's last error line if it
-/// refused (a backend it lacks, a binary that is missing, a probe that failed).
+/// `runs` timed runs through one `warmpool-agent bench-sandbox` in `config`; the agent's last
+/// error line if it refused (a backend it lacks, a binary that is missing, a failed probe).
 fn sandboxed(
     agent_bin: &std::path::Path,
     config: &Config,
     args: &SandboxArgs,
+    runs: usize,
     language: &str,
     code: &str,
-) -> Row {
+) -> Result<Vec<f64>, String> {
     let out = Command::new(agent_bin)
         .args(["bench-sandbox", "--runs"])
-        .arg((args.warmup + args.runs).to_string())
+        .arg((args.warmup + runs).to_string())
         .args(["--language", language, "--code", code])
         .env("WARMPOOL_AGENT_SLOTS", "1")
         .env("WARMPOOL_SANDBOX_UID_BASE", args.uid_base.to_string())
@@ -200,8 +254,11 @@ fn sandboxed(
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no message")
-            .trim()
-            .trim_start_matches("Error: ");
+            .trim();
+        let why = why
+            .strip_prefix("Error: ")
+            .or_else(|| why.strip_prefix("error: "))
+            .unwrap_or(why);
         return Err(format!("not available: {why}"));
     }
     let report: Value = serde_json::from_slice(&out.stdout)
@@ -210,17 +267,17 @@ fn sandboxed(
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
-    Ok(summarize(samples.into_iter().skip(args.warmup).collect()))
+    Ok(samples.into_iter().skip(args.warmup).collect())
 }
 
 type Block<'a> = (&'a str, Vec<(&'a str, Row)>);
 
 fn render(args: &SandboxArgs, blocks: &[Block<'_>]) -> Report {
     let mut table = format!(
-        "warmpool bench sandbox ({} timed runs per program and configuration, after {} warm-up \
-         runs; one slot)\n{:<16} {:<38} {:>8} {:>8} {:>13} {:>7}\n",
+        "warmpool bench sandbox ({} timed runs per program and configuration, in {} interleaved \
+         rounds; one slot)\n{:<16} {:<38} {:>8} {:>8} {:>13} {:>7}\n",
         args.runs,
-        args.warmup,
+        args.rounds,
         "program",
         "configuration",
         "p50 ms",
@@ -273,6 +330,7 @@ fn render(args: &SandboxArgs, blocks: &[Block<'_>]) -> Report {
     let json = json!({
         "bench": "sandbox",
         "runs": args.runs,
+        "rounds": args.rounds,
         "warmup": args.warmup,
         "programs": json_blocks,
     });
