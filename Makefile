@@ -34,4 +34,5 @@ bench: deps
 	target/release/warmpool bench place
 	target/release/warmpool bench exec
 	target/release/warmpool bench startup
+	target/release/warmpool bench sandbox
 	WARMPOOL_LOG=error target/release/warmpool bench gce

