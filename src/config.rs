@@ -301,8 +301,8 @@ impl Config {
         if !(self.orphan_grace_s.is_finite() && self.orphan_grace_s >= 0.0) {
             return Err(bad("WARMPOOL_ORPHAN_GRACE_S", "must be a number >= 0"));
         }
-        if !matches!(self.agent_sandbox.as_str(), "bwrap" | "process") {
-            return Err(bad("WARMPOOL_AGENT_SANDBOX", "one of: bwrap, process"));
+        if !matches!(self.agent_sandbox.as_str(), "bwrap" | "nsjail" | "process") {
+            return Err(bad("WARMPOOL_AGENT_SANDBOX", "one of: bwrap, nsjail, process"));
         }
         Ok(())
     }

@@ -85,7 +85,7 @@ pub struct Settings {
     /// Concurrent sandboxes.
     #[arg(long, env = "WARMPOOL_AGENT_SLOTS", default_value_t = 4)]
     pub slots: u32,
-    /// `bwrap`, or `process` (unsandboxed; development only).
+    /// `bwrap`, `nsjail` (production image), or `process` (unsandboxed; development only).
     #[arg(long, env = "WARMPOOL_AGENT_SANDBOX", default_value = "bwrap")]
     pub sandbox: String,
     /// Wait this long before registering (the local provider's simulated boot).
