@@ -302,7 +302,10 @@ impl Config {
             return Err(bad("WARMPOOL_ORPHAN_GRACE_S", "must be a number >= 0"));
         }
         if !matches!(self.agent_sandbox.as_str(), "bwrap" | "nsjail" | "process") {
-            return Err(bad("WARMPOOL_AGENT_SANDBOX", "one of: bwrap, nsjail, process"));
+            return Err(bad(
+                "WARMPOOL_AGENT_SANDBOX",
+                "one of: bwrap, nsjail, process",
+            ));
         }
         Ok(())
     }
