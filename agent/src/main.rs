@@ -8,6 +8,15 @@ use clap::Parser;
 use warmpool_agent::metadata;
 
 fn main() -> ExitCode {
+    // Inside a warm sandbox (see `sandbox::warm`): before anything else, because the stub must
+    // start no thread, read no setting and trust nothing but its pipe.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == warmpool_agent::sandbox::STUB_COMMAND)
+    {
+        warmpool_agent::sandbox::stub_main(&args);
+    }
     // First, while this is the only thread: the bootstrap sets environment variables, which is
     // only sound before any other thread could read the environment.
     if metadata::requested(

@@ -107,6 +107,11 @@ pub struct Settings {
     /// measure what it costs (`warmpool bench sandbox`).
     #[arg(long, env = "WARMPOOL_SANDBOX_SECCOMP", default_value = "on", value_parser = ["on", "off"])]
     pub sandbox_seccomp: String,
+    /// Warm sandboxes (see `sandbox::warm`): `on` keeps one launched sandbox per slot waiting
+    /// for its job, so a run does not pay for the cgroup, the fork and bwrap's start; `off`
+    /// starts every run cold. bwrap only.
+    #[arg(long, env = "WARMPOOL_SANDBOX_WARM", default_value = "on", value_parser = ["on", "off"])]
+    pub sandbox_warm: String,
     /// How long ended execution records stay readable (must match the orchestrator's).
     #[arg(long, env = "WARMPOOL_RESULT_TTL_S", default_value_t = 86_400)]
     pub result_ttl_s: u64,
@@ -228,9 +233,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<Exit> {
             runs,
             language,
             code,
-        }) => bench_sandbox(&sandbox, runs, &language, &code)
-            .await
-            .map(|()| Exit::Stopped),
+        }) => {
+            let benched = bench_sandbox(&sandbox, runs, &language, &code).await;
+            sandbox.shutdown().await;
+            benched.map(|()| Exit::Stopped)
+        }
         None => {
             let shutdown = CancellationToken::new();
             let token = shutdown.clone();
@@ -246,7 +253,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<Exit> {
                 }
                 token.cancel();
             });
-            let reason = run(cli.settings, sandbox, shutdown).await?;
+            let reason = run(cli.settings, Arc::clone(&sandbox), shutdown).await;
+            // The warm spares die with the agent (PR_SET_PDEATHSIG) anyway; this also removes
+            // their cgroups, which nothing else would.
+            sandbox.shutdown().await;
+            let reason = reason?;
             Ok(disposal.carry_out(&reason).await)
         }
     }
@@ -267,6 +278,7 @@ async fn make_sandbox(s: &Settings) -> anyhow::Result<Sandbox> {
             .parse()
             .map_err(|e| anyhow::anyhow!("WARMPOOL_SANDBOX_CGROUPS: {e}"))?,
         seccomp: s.sandbox_seccomp == "on",
+        warm: s.sandbox_warm == "on",
         ..SandboxConfig::default()
     })
     .await
@@ -628,6 +640,9 @@ async fn bench_sandbox(
                 max_output_bytes: 65_536,
             },
         };
+        // Each job reaches an idle agent: with warm sandboxes, its slot's spare is ready (back
+        // to back on one slot, a run would wait for the refill its predecessor started).
+        sandbox.settle().await;
         let started = std::time::Instant::now();
         let result = sandbox.run(&job).await?;
         anyhow::ensure!(

@@ -183,6 +183,11 @@ impl Agent {
             .env("NO_COLOR", "1")
             .env("WARMPOOL_AGENT_SANDBOX", "bwrap")
             .env("WARMPOOL_SANDBOX_CGROUPS", "off")
+            // The agent's default (on) unless the suite runs cold (see tests/sandbox.rs).
+            .env(
+                "WARMPOOL_SANDBOX_WARM",
+                std::env::var("WARMPOOL_TEST_SANDBOX_WARM").unwrap_or_else(|_| "on".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -43,6 +43,23 @@ mod uids {
     pub const REQUIRED: u32 = 61_200;
     pub const CPU_KILLED: u32 = 61_210;
     pub const HYBRID_V2: u32 = 61_220;
+    pub const DEAD_SPARE: u32 = 61_230;
+    pub const TINY_COLD: u32 = 61_240;
+    pub const TINY_WARM: u32 = 61_250;
+}
+
+/// Every test here runs on warm sandboxes (the agent's default) unless
+/// `WARMPOOL_TEST_SANDBOX_WARM=off`, which runs the whole suite cold: run it both ways. Warm,
+/// a slot keeps a spare sandbox of its uid between runs, so the "nothing left behind" checks
+/// call `Sandbox::shutdown` (which kills the spares) first: what they look for is anything of
+/// a finished run, which shutdown does not touch.
+fn base_config() -> SandboxConfig {
+    let warm = std::env::var("WARMPOOL_TEST_SANDBOX_WARM").map_or(true, |v| v != "off");
+    SandboxConfig {
+        warm,
+        stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
+        ..SandboxConfig::default()
+    }
 }
 
 fn limits() -> Limits {
@@ -86,7 +103,7 @@ async fn sandbox_on(backend: Backend, uid_base: u32, slots: usize) -> Sandbox {
         uid_base,
         slots,
         work_dir_mb: 16,
-        ..SandboxConfig::default()
+        ..base_config()
     })
     .await
     .unwrap_or_else(|e| panic!("the {backend} sandbox does not start on this machine: {e:?}"))
@@ -103,7 +120,7 @@ async fn sandbox_with_cgroups(uid_base: u32, mode: CgroupMode) -> Sandbox {
         slots: 1,
         work_dir_mb: 16,
         cgroups: mode,
-        ..SandboxConfig::default()
+        ..base_config()
     })
     .await
     .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"))
@@ -332,6 +349,7 @@ async fn sleeping_past_the_wall_time_is_killed_at_once() {
     assert_eq!(result.stdout, "started\n");
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
     assert!(result.wall_time_ms >= 300, "{result:?}");
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(leftovers_of(uids::WALL).await, Vec::<u32>::new());
 }
 
@@ -350,6 +368,7 @@ async fn a_daemon_does_not_survive_its_execution() {
     .await;
     assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
     assert_eq!(result.stdout, "started\n");
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
 }
 
@@ -365,6 +384,7 @@ async fn an_output_flood_is_cut_at_exactly_the_cap() {
     assert_eq!(result.stdout.len(), 10_000);
     assert!(result.stdout.bytes().all(|b| b == b'x'));
     assert!(result.stdout_truncated && !result.stderr_truncated);
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(leftovers_of(uids::FLOOD).await, Vec::<u32>::new());
 }
 
@@ -456,6 +476,7 @@ async fn a_fork_bomb_is_contained_by_the_process_limit() {
         let count: u32 = count.trim().parse().unwrap();
         assert!(count <= 64, "{count} processes: more than RLIMIT_NPROC");
     }
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(leftovers_of(uids::FORK_BOMB).await, Vec::<u32>::new());
     // The machine is fine: the same slot runs the next job.
     let result = run(&sandbox, &bash("echo fine")).await;
@@ -558,6 +579,7 @@ async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
         result.memory_kb
     );
     assert!(result.wall_time_ms < 5_000, "{result:?}");
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(cgroups_of(uids::OOM), Vec::<std::path::PathBuf>::new());
 
     // Within the limit the same sandbox runs normally, and reports a peak below it.
@@ -625,6 +647,7 @@ async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
         let count: u64 = count.trim().parse().unwrap();
         assert!(count <= 64, "{count} processes: more than pids.max");
     }
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(leftovers_of(uids::PIDS).await, Vec::<u32>::new());
     assert_eq!(cgroups_of(uids::PIDS), Vec::<std::path::PathBuf>::new());
     let result = run(&sandbox, &bash("echo fine")).await;
@@ -643,6 +666,7 @@ async fn no_cgroup_is_left_after_runs_that_end_in_every_way() {
     job.limits.wall_time_ms = 300;
     let killed = run(&sandbox, &job).await;
     assert_eq!(killed.outcome, Outcome::TimeLimit, "{killed:?}");
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(cgroups_of(uids::CLEANUP), Vec::<std::path::PathBuf>::new());
 
     // A cancelled run's cgroup goes too, once its processes are dead.
@@ -685,7 +709,7 @@ async fn required_cgroups_that_cannot_be_used_stop_the_start_with_a_clear_error(
         work_dir_mb: 16,
         cgroups: CgroupMode::Required,
         cgroup_fs: "/nonexistent/cgroup".into(),
-        ..SandboxConfig::default()
+        ..base_config()
     };
     let err = match Sandbox::new(config.clone()).await {
         Ok(_) => panic!("a sandbox started without the cgroups it requires"),
@@ -755,7 +779,7 @@ async fn on_a_v2_hierarchy_without_memory_or_pids_auto_mode_uses_what_there_is()
         slots: 1,
         work_dir_mb: 16,
         cgroup_fs: unified.into(),
-        ..SandboxConfig::default()
+        ..base_config()
     })
     .await
     .unwrap_or_else(|e| panic!("auto mode must start on a partial v2 hierarchy: {e:?}"));
@@ -773,9 +797,76 @@ async fn on_a_v2_hierarchy_without_memory_or_pids_auto_mode_uses_what_there_is()
     let mut job = python("x = bytearray(512 * 1024 * 1024)\n");
     job.limits.memory_mb = 128;
     let result = run(&sandbox, &job).await;
+    sandbox.shutdown().await; // the warm spares (see base_config)
     assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
     assert_eq!(
         cgroups_of(uids::HYBRID_V2),
         Vec::<std::path::PathBuf>::new()
     );
+}
+
+#[tokio::test]
+async fn a_spare_that_died_while_it_waited_is_replaced_at_its_job() {
+    let sandbox = sandbox_with_cgroups(uids::DEAD_SPARE, CgroupMode::Auto).await;
+    assert_isolated(&sandbox, uids::DEAD_SPARE).await;
+    // Every refill done: the slot's spare (when warm) is waiting. Kill it, as the OOM killer
+    // or an operator might: these are this test's own sandbox processes, found by their uid.
+    sandbox.settle().await;
+    for pid in processes_of(uids::DEAD_SPARE) {
+        // SAFETY: plain syscall; a process that is already gone is fine.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let mut job = python("import sys\nprint(sys.stdin.read(), sys.argv[1:])\n");
+    job.stdin = "still".into();
+    job.args = vec!["fine".into()];
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert_eq!(result.stdout, "still ['fine']\n", "{result:?}");
+    sandbox.shutdown().await; // the warm spares (see base_config)
+    assert_eq!(leftovers_of(uids::DEAD_SPARE).await, Vec::<u32>::new());
+    assert_eq!(
+        cgroups_of(uids::DEAD_SPARE),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_job_smaller_than_what_a_spare_holds_ends_as_it_would_cold() {
+    let cold = Sandbox::new(SandboxConfig {
+        uid_base: uids::TINY_COLD,
+        slots: 1,
+        work_dir_mb: 16,
+        warm: false,
+        ..base_config()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"));
+    let warm = Sandbox::new(SandboxConfig {
+        uid_base: uids::TINY_WARM,
+        slots: 1,
+        work_dir_mb: 16,
+        warm: true,
+        ..base_config()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"));
+    if !cgroups_or_skip(&warm, "a 1 MiB job", |p| p.memory) {
+        return;
+    }
+    // 1 MiB is a valid limit (the API allows 1..=max), below what bwrap and the stub hold.
+    let mut job = bash("echo hi");
+    job.limits.memory_mb = 1;
+    let expected = run(&cold, &job).await;
+    let result = run(&warm, &job).await;
+    assert_eq!(
+        result.outcome, expected.outcome,
+        "{result:?} vs cold {expected:?}"
+    );
+    // And the warm sandbox goes on as before.
+    let result = run(&warm, &bash("echo next")).await;
+    assert_eq!(result.stdout, "next\n", "{result:?}");
+    warm.shutdown().await;
+    assert_eq!(leftovers_of(uids::TINY_WARM).await, Vec::<u32>::new());
 }

@@ -63,6 +63,10 @@ async fn sandbox(uid_base: u32, seccomp: bool) -> Sandbox {
         slots: 1,
         work_dir_mb: 16,
         seccomp,
+        // Warm (the agent's default) unless WARMPOOL_TEST_SANDBOX_WARM=off: the filter must
+        // hold on both paths, and on the warm one it also binds the stub.
+        warm: std::env::var("WARMPOOL_TEST_SANDBOX_WARM").map_or(true, |v| v != "off"),
+        stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
         ..SandboxConfig::default()
     })
     .await

@@ -13,7 +13,11 @@
 //! - `bwrap`: namespaces and the tmpfs root (cgroups and seccomp off);
 //! - `+ seccomp`: the seccomp filter alone;
 //! - `+ cgroups`: the per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`);
-//! - `+ cgroups + seccomp`: both, the production default;
+//! - `+ cgroups + seccomp`: both, started cold (`WARMPOOL_SANDBOX_WARM=off`);
+//! - `warm`: the same, the production default: the run is handed to the slot's spare sandbox,
+//!   launched before the job came (`agent/src/sandbox/warm.rs`). `bench-sandbox` lets every
+//!   refill finish before it times the next run (a job reaching an idle agent), so the row is
+//!   the hand-over's latency, not a back-to-back throughput;
 //! - `nsjail`: the nsjail backend with the agent's defaults, where the agent finds the nsjail
 //!   binary (on PATH, `WARMPOOL_SANDBOX_NSJAIL`, or else the bench points it at the one
 //!   `scripts/ensure-deps.sh` puts in `target/nsjail/`); otherwise the row says why not (the
@@ -75,6 +79,7 @@ const CONFIGS: &[Config] = &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "off"),
             ("WARMPOOL_SANDBOX_SECCOMP", "off"),
+            ("WARMPOOL_SANDBOX_WARM", "off"),
         ],
     },
     Config {
@@ -83,6 +88,7 @@ const CONFIGS: &[Config] = &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "off"),
             ("WARMPOOL_SANDBOX_SECCOMP", "on"),
+            ("WARMPOOL_SANDBOX_WARM", "off"),
         ],
     },
     Config {
@@ -91,19 +97,33 @@ const CONFIGS: &[Config] = &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
             ("WARMPOOL_SANDBOX_SECCOMP", "off"),
+            ("WARMPOOL_SANDBOX_WARM", "off"),
         ],
     },
     Config {
-        label: "bwrap + cgroups + seccomp (default)",
+        label: "bwrap + cgroups + seccomp (cold)",
         env: &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
             ("WARMPOOL_SANDBOX_SECCOMP", "on"),
+            ("WARMPOOL_SANDBOX_WARM", "off"),
+        ],
+    },
+    Config {
+        label: "warm: the same, spare ready (default)",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
+            ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
+            ("WARMPOOL_SANDBOX_SECCOMP", "on"),
+            ("WARMPOOL_SANDBOX_WARM", "on"),
         ],
     },
     Config {
         label: "nsjail (agent defaults)",
-        env: &[("WARMPOOL_AGENT_SANDBOX", "nsjail")],
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "nsjail"),
+            ("WARMPOOL_SANDBOX_WARM", "off"),
+        ],
     },
 ];
 

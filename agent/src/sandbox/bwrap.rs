@@ -39,9 +39,12 @@ const ENV: &[(&str, &str)] = &[
     ("TMPDIR", "/tmp"),
 ];
 const WORK_DIR: &str = "/work";
+/// Where a warm sandbox sees the agent binary that serves as its stub (see `warm`), read-only.
+pub(super) const STUB_PATH: &str = "/.warmpool-stub";
 
-/// bwrap and what it needs to know about this host, found once at start-up.
-#[derive(Debug)]
+/// bwrap and what it needs to know about this host, found once at start-up. Cloned into the
+/// warm pool's preparer (see `warm`).
+#[derive(Debug, Clone)]
 pub(super) struct Bwrap {
     program: PathBuf,
     /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
@@ -194,11 +197,43 @@ impl Bwrap {
         command
             .env_clear()
             .current_dir("/")
-            .args(self.args(argv, inputs, work_dir_mb));
+            .args(self.args(argv, inputs, work_dir_mb, None));
         command
     }
 
-    fn args(&self, argv: &[String], inputs: &Inputs, work_dir_mb: u64) -> Vec<OsString> {
+    /// The command of a warm sandbox (see `warm`): the same sandbox, with `stub` (an fd on the
+    /// agent binary) bound read-only at [`STUB_PATH`] and run there in place of a program,
+    /// reading its job from the inherited `job_fd`. `inputs` holds no files: the stub writes
+    /// them.
+    pub fn stub_command(
+        &self,
+        stub: RawFd,
+        job_fd: RawFd,
+        inputs: &Inputs,
+        work_dir_mb: u64,
+    ) -> Command {
+        let argv = [
+            STUB_PATH.to_string(),
+            super::warm::STUB_COMMAND.to_string(),
+            job_fd.to_string(),
+        ];
+        let mut command = Command::new(&self.program);
+        command.env_clear().current_dir("/").args(self.args(
+            &argv,
+            inputs,
+            work_dir_mb,
+            Some(stub),
+        ));
+        command
+    }
+
+    fn args(
+        &self,
+        argv: &[String],
+        inputs: &Inputs,
+        work_dir_mb: u64,
+        stub: Option<RawFd>,
+    ) -> Vec<OsString> {
         let files = &inputs.files;
         let size = work_dir_mb.saturating_mul(1024 * 1024).to_string();
         let mut args: Vec<OsString> = Vec::with_capacity(64 + 4 * files.len() + argv.len());
@@ -231,6 +266,11 @@ impl Bwrap {
                     args.extend(["--ro-bind", path, path].map(OsString::from));
                 }
             }
+        }
+        if let Some(stub) = stub {
+            args.push("--ro-bind-fd".into());
+            args.push(stub.to_string().into());
+            args.push(STUB_PATH.into());
         }
         for file in files {
             args.extend(["--perms", "0644", "--file"].map(OsString::from));
@@ -358,7 +398,7 @@ mod tests {
 
     #[test]
     fn the_sandbox_has_every_namespace_and_no_way_to_share_one() {
-        let args = joined(&bwrap().args(&["/bin/true".into()], &no_inputs(), 64));
+        let args = joined(&bwrap().args(&["/bin/true".into()], &no_inputs(), 64, None));
         for wanted in [
             "--unshare-all",
             "--disable-userns",
@@ -382,7 +422,7 @@ mod tests {
     #[test]
     fn the_command_comes_last_after_a_double_dash_so_it_is_never_an_option() {
         let argv = ["/usr/bin/python3".to_string(), "--version".to_string()];
-        let args = bwrap().args(&argv, &no_inputs(), 1);
+        let args = bwrap().args(&argv, &no_inputs(), 1, None);
         let n = args.len();
         assert_eq!(args[n - 3], "--");
         assert_eq!(args[n - 2], "/usr/bin/python3");
@@ -401,7 +441,7 @@ mod tests {
         let fd = inputs.files[0].raw_fd();
         let filter_fd = inputs.seccomp.as_ref().expect("seccomp on").as_raw_fd();
         assert_eq!(inputs.raw_fds(), [fd, filter_fd]);
-        let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1));
+        let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1, None));
         assert!(
             args.contains(&format!("--perms 0644 --file {fd} /work/main.py")),
             "{args}"
@@ -440,7 +480,7 @@ mod tests {
         };
         let inputs = bwrap.inputs(&[]).unwrap();
         assert!(inputs.raw_fds().is_empty());
-        let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1));
+        let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1, None));
         assert!(!args.contains("--seccomp"), "{args}");
     }
 

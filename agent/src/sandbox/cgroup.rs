@@ -126,7 +126,8 @@ const EMPTY_GRACE: Duration = Duration::from_secs(2);
 const AGENT_LEAF: &str = "warmpool-agent";
 
 /// The parent directories of the execution cgroups, one per controller (all the same in v2).
-#[derive(Debug)]
+/// Cloned into the warm pool's preparer (see `warm`).
+#[derive(Debug, Clone)]
 pub(super) struct Cgroups {
     version: CgroupVersion,
     memory: Option<PathBuf>,
@@ -156,6 +157,7 @@ impl Cgroups {
             cpu: None,
             dirs: Vec::new(),
             finished: false,
+            cpu_baseline_ns: 0,
         };
         // Each directory is recorded as soon as it exists, so that a failure half-way removes
         // what was made (on drop).
@@ -192,6 +194,9 @@ pub(super) struct ExecCgroup {
     /// Every directory created, each once.
     dirs: Vec<PathBuf>,
     finished: bool,
+    /// CPU the cgroup had used when a warm sandbox was handed its job (see [`Self::begin_job`]),
+    /// not charged to the job; 0 for a cold run.
+    cpu_baseline_ns: u64,
 }
 
 /// The cgroup's figures for one execution.
@@ -224,6 +229,47 @@ impl ExecCgroup {
             fs::write(dir.join("pids.max"), PIDS_MAX.to_string())?;
         }
         Ok(())
+    }
+
+    /// A warm sandbox (see `warm`) is handed its job: its cgroup takes the job's memory limit,
+    /// and what its preparation cost stops counting. CPU: the usage so far becomes a baseline
+    /// that [`Self::finish`] subtracts. Peak memory: reset on v1 (`memory.max_usage_in_bytes`
+    /// takes a write), so the job's peak starts from what the sandbox holds at hand-over (bwrap,
+    /// its init, the stub: as in a cold run, where they are in the cgroup too). On v2
+    /// `memory.peak` resets only for the file descriptor that wrote it, so there the peak
+    /// still includes the preparation's (a few MiB, below any job's).
+    pub fn begin_job(&mut self, memory_mb: u64) -> io::Result<()> {
+        if let Some(dir) = &self.memory {
+            let bytes = memory_mb.saturating_mul(1024 * 1024).to_string();
+            match self.version {
+                CgroupVersion::V2 => fs::write(dir.join("memory.max"), &bytes)?,
+                CgroupVersion::V1 => {
+                    // memsw must stay >= memory: a raise fails on memory first, then takes
+                    // memsw first; a lowering takes memory first.
+                    let memory = dir.join("memory.limit_in_bytes");
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if fs::write(&memory, &bytes).is_err() {
+                        write_if_present(&memsw, &bytes)?;
+                        fs::write(&memory, &bytes)?;
+                    }
+                    write_if_present(&memsw, &bytes)?;
+                    fs::write(dir.join("memory.max_usage_in_bytes"), "0")?;
+                }
+            }
+        }
+        self.cpu_baseline_ns = self.cpu_ns().unwrap_or(0);
+        Ok(())
+    }
+
+    /// The cgroup's CPU time so far, in nanoseconds.
+    fn cpu_ns(&self) -> Option<u64> {
+        let dir = self.cpu.as_ref()?;
+        match self.version {
+            CgroupVersion::V2 => {
+                read_key(&dir.join("cpu.stat"), "usage_usec").map(|us| us.saturating_mul(1000))
+            }
+            CgroupVersion::V1 => read_u64(&dir.join("cpuacct.usage")),
+        }
     }
 
     /// The `cgroup.procs` files the child writes itself into, prepared before the fork (the
@@ -271,14 +317,9 @@ impl ExecCgroup {
             usage.peak_kb = read_u64(&dir.join(peak)).map(|b| b / 1024);
             usage.oom_kills = read_key(&dir.join(events), oom_key).unwrap_or(0);
         }
-        if let Some(dir) = &self.cpu {
-            usage.cpu_ms = match self.version {
-                CgroupVersion::V2 => {
-                    read_key(&dir.join("cpu.stat"), "usage_usec").map(|us| us / 1000)
-                }
-                CgroupVersion::V1 => read_u64(&dir.join("cpuacct.usage")).map(|ns| ns / 1_000_000),
-            };
-        }
+        usage.cpu_ms = self
+            .cpu_ns()
+            .map(|ns| ns.saturating_sub(self.cpu_baseline_ns) / 1_000_000);
         usage
     }
 
@@ -360,6 +401,7 @@ impl Drop for ExecCgroup {
             cpu: None,
             dirs: std::mem::take(&mut self.dirs),
             finished: true,
+            cpu_baseline_ns: 0,
         };
         let spawned = std::thread::Builder::new()
             .name("cgroup-cleanup".into())

@@ -8,6 +8,8 @@
 //!    process group), joining the execution's cgroup (see `cgroup`), rlimits, every inherited fd but the job's memfds marked close-on-exec,
 //!    supplementary groups, gid and uid dropped, parent-death signal set; for bwrap, a fork
 //!    into the reaper [`shim`] and bwrap; then exec.
+//!    [`spawn`] stops here; [`Spawned::supervise`] does the rest, at once for a cold run
+//!    ([`run`]), or once a warm sandbox was handed its job (see `warm`).
 //! 3. The parent watches a pidfd for the exit, a millisecond deadline, and stdout and stderr
 //!    through capped buffers, while it feeds stdin. A deadline or an overflowing stream kills
 //!    the sandbox.
@@ -107,6 +109,27 @@ impl Rlimits {
             }),
             file_size_bytes: work_dir_mb.saturating_mul(MIB),
             nofile: NOFILE_LIMIT,
+        }
+    }
+
+    /// A warm sandbox's limits before its job is known (see `warm`): the job's own except CPU
+    /// time and address space, unlimited here and lowered by the stub to the job's.
+    pub fn for_warm_launch(work_dir_mb: u64, pids_cgroup: bool) -> Self {
+        Self {
+            address_space_bytes: None,
+            cpu_soft_s: u64::MAX, // RLIM_INFINITY
+            cpu_hard_s: u64::MAX, // RLIM_INFINITY
+            ..Self::for_limits(
+                &Limits {
+                    wall_time_ms: 0,
+                    cpu_time_ms: 0,
+                    memory_mb: 0,
+                    max_output_bytes: 0,
+                },
+                work_dir_mb,
+                None,
+                pids_cgroup,
+            )
         }
     }
 
@@ -364,12 +387,37 @@ impl Finished {
 /// Spawns `command` with `setup`, feeds `stdin`, enforces the wall-time and output limits and
 /// reaps it. `Err` only if it could not be started.
 pub(super) async fn run(
-    mut command: Command,
-    mut setup: Setup,
+    command: Command,
+    setup: Setup,
     kind: Kind,
     stdin: &[u8],
     limits: &Limits,
 ) -> Result<Finished, SandboxError> {
+    spawn(command, setup, kind)?
+        .supervise(None, stdin, limits)
+        .await
+}
+
+/// A started child that nobody supervises yet: a cold run supervises it at once, a warm
+/// sandbox (see `warm`) once a job was handed over. Dropping it kills and reaps the child.
+/// Plain fds, registered with the runtime only in [`Self::supervise`], so that it may wait in
+/// a spare for any length of time on any task.
+pub(super) struct Spawned {
+    reaper: Reaper,
+    report_rx: Option<OwnedFd>,
+    report_required: bool,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+/// Forks `command` with `setup` applied in the child; the child runs unsupervised until
+/// [`Spawned::supervise`].
+pub(super) fn spawn(
+    mut command: Command,
+    mut setup: Setup,
+    kind: Kind,
+) -> Result<Spawned, SandboxError> {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -391,136 +439,220 @@ pub(super) async fn run(
         command.pre_exec(move || setup.apply(parent));
     }
 
-    let started = Instant::now();
     let mut child = command.spawn().map_err(SandboxError::Spawn)?;
     // From here on the child exists: every early return must kill and reap it, which the
     // reaper does on drop.
-    let mut reaper = Reaper {
+    let reaper = Reaper {
         pid: child.id() as libc::pid_t,
         kind,
         reaped: false,
     };
-    let pid = reaper.pid;
     // Only the shim may hold the write end, so that a read after the reap cannot block.
     let report_rx = report.map(|(read, _write)| read);
     let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     drop(child); // std's Child neither kills nor waits on drop: the reaper owns that now.
-    let (Some(child_stdin), Some(child_stdout), Some(child_stderr)) = pipes else {
+    let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
         return Err(SandboxError::Spawn(io::Error::other(
             "a piped stdio stream is missing",
         )));
     };
-    let pidfd = pidfd_open(pid).map_err(SandboxError::Spawn)?;
-    // SAFETY: an OwnedFd stays open and the same file for as long as the AsyncFd owns it.
-    let exit = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-        .map_err(|e| SandboxError::Spawn(e.into()))?;
-    let stdin_tx =
-        pipe::Sender::from_owned_fd(OwnedFd::from(child_stdin)).map_err(SandboxError::Spawn)?;
-    let stdout_rx =
-        pipe::Receiver::from_owned_fd(OwnedFd::from(child_stdout)).map_err(SandboxError::Spawn)?;
-    let stderr_rx =
-        pipe::Receiver::from_owned_fd(OwnedFd::from(child_stderr)).map_err(SandboxError::Spawn)?;
+    Ok(Spawned {
+        reaper,
+        report_rx,
+        report_required,
+        stdin: stdin.into(),
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+    })
+}
 
-    let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
-    let deadline =
-        tokio::time::Instant::from_std(started + Duration::from_millis(limits.wall_time_ms));
-    let mut stdout = Captured::default();
-    let mut stderr = Captured::default();
-    let mut killer = Killer {
-        pid,
-        kind,
-        stop: None,
-        escalate_at: None,
-    };
-    let mut exited_at: Option<Instant> = None;
-    let mut internal_error: Option<String> = None;
-    {
-        let out = output::capture(stdout_rx, cap, &mut stdout);
-        let err = output::capture(stderr_rx, cap, &mut stderr);
-        let feed = feed_stdin(stdin_tx, stdin);
-        tokio::pin!(out, err, feed);
-        let (mut out_done, mut err_done, mut fed) = (false, false, false);
-        let mut drain_until: Option<tokio::time::Instant> = None;
-        loop {
-            if exited_at.is_some() && out_done && err_done {
-                break;
-            }
-            tokio::select! {
-                r = &mut out, if !out_done => {
-                    out_done = true;
-                    stream_ended("stdout", r, &mut killer, &mut internal_error);
+impl Spawned {
+    /// Whether the child is still running (a spare that died while it waited is no use).
+    pub fn alive(&self) -> bool {
+        matches!(wait_id_nohang(self.reaper.pid), Ok(true))
+    }
+
+    /// Waits for the child's first byte on stdout, which must be `expected` (a warm sandbox's
+    /// stub saying it is ready, see `warm`).
+    pub async fn read_ready(&mut self, expected: u8) -> io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut rx = pipe::Receiver::from_owned_fd(self.stdout.try_clone()?)?;
+        let mut byte = [0u8; 1];
+        match rx.read(&mut byte).await? {
+            1 if byte[0] == expected => Ok(()),
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the sandbox exited before it was ready",
+            )),
+            _ => Err(io::Error::other(
+                "the sandbox wrote something else than ready",
+            )),
+        }
+    }
+
+    /// Supervises the child from now on: the wall-clock deadline starts here. `handover`, if
+    /// any, is written to its pipe first (then closed), before `stdin`.
+    pub async fn supervise(
+        self,
+        handover: Option<(OwnedFd, Vec<u8>)>,
+        stdin: &[u8],
+        limits: &Limits,
+    ) -> Result<Finished, SandboxError> {
+        let Spawned {
+            mut reaper,
+            report_rx,
+            report_required,
+            stdin: child_stdin,
+            stdout: child_stdout,
+            stderr: child_stderr,
+        } = self;
+        let (pid, kind) = (reaper.pid, reaper.kind);
+        let started = Instant::now();
+        let handover = handover
+            .map(|(fd, message)| pipe::Sender::from_owned_fd(fd).map(|tx| (tx, message)))
+            .transpose()
+            .map_err(SandboxError::Spawn)?;
+        let pidfd = pidfd_open(pid).map_err(SandboxError::Spawn)?;
+        // SAFETY: an OwnedFd stays open and the same file for as long as the AsyncFd owns it.
+        let exit = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+            .map_err(|e| SandboxError::Spawn(e.into()))?;
+        let stdin_tx = pipe::Sender::from_owned_fd(child_stdin).map_err(SandboxError::Spawn)?;
+        let stdout_rx = pipe::Receiver::from_owned_fd(child_stdout).map_err(SandboxError::Spawn)?;
+        let stderr_rx = pipe::Receiver::from_owned_fd(child_stderr).map_err(SandboxError::Spawn)?;
+
+        let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+        let deadline =
+            tokio::time::Instant::from_std(started + Duration::from_millis(limits.wall_time_ms));
+        let mut stdout = Captured::default();
+        let mut stderr = Captured::default();
+        let mut killer = Killer {
+            pid,
+            kind,
+            stop: None,
+            escalate_at: None,
+        };
+        let mut exited_at: Option<Instant> = None;
+        let mut internal_error: Option<String> = None;
+        {
+            let out = output::capture(stdout_rx, cap, &mut stdout);
+            let err = output::capture(stderr_rx, cap, &mut stderr);
+            let feed = async {
+                if let Some((tx, message)) = handover {
+                    hand_over(tx, &message).await;
                 }
-                r = &mut err, if !err_done => {
-                    err_done = true;
-                    stream_ended("stderr", r, &mut killer, &mut internal_error);
-                }
-                () = &mut feed, if !fed => fed = true,
-                r = exit.readable(), if exited_at.is_none() => {
-                    if let Err(e) = r {
-                        // Cannot happen with a valid pidfd; reaping below blocks instead.
-                        internal_error.get_or_insert(format!("waiting on the pidfd failed: {e}"));
-                        killer.kill_group();
-                    }
-                    exited_at = Some(Instant::now());
-                    // Stragglers of the process group (process backend) would hold the pipes.
-                    killer.kill_group();
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
-                }
-                () = sleep_until(deadline), if exited_at.is_none() && killer.stop.is_none() => {
-                    killer.stop(Stop::WallTime);
-                }
-                () = sleep_until(killer.escalate_at.unwrap_or(deadline)),
-                    if exited_at.is_none() && killer.escalate_at.is_some() => {
-                    tracing::warn!(pid, "sandbox still alive after killing its init: killing its process group");
-                    killer.escalate_at = None;
-                    killer.kill_group();
-                }
-                () = sleep_until(drain_until.unwrap_or(deadline)), if drain_until.is_some() => {
-                    tracing::warn!(pid, "output still open after the program exited: dropped the rest");
+                feed_stdin(stdin_tx, stdin).await;
+            };
+            tokio::pin!(out, err, feed);
+            let (mut out_done, mut err_done, mut fed) = (false, false, false);
+            let mut drain_until: Option<tokio::time::Instant> = None;
+            loop {
+                if exited_at.is_some() && out_done && err_done {
                     break;
                 }
+                tokio::select! {
+                    r = &mut out, if !out_done => {
+                        out_done = true;
+                        stream_ended("stdout", r, &mut killer, &mut internal_error);
+                    }
+                    r = &mut err, if !err_done => {
+                        err_done = true;
+                        stream_ended("stderr", r, &mut killer, &mut internal_error);
+                    }
+                    () = &mut feed, if !fed => fed = true,
+                    r = exit.readable(), if exited_at.is_none() => {
+                        if let Err(e) = r {
+                            // Cannot happen with a valid pidfd; reaping below blocks instead.
+                            internal_error.get_or_insert(format!("waiting on the pidfd failed: {e}"));
+                            killer.kill_group();
+                        }
+                        exited_at = Some(Instant::now());
+                        // Stragglers of the process group (process backend) would hold the pipes.
+                        killer.kill_group();
+                        drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                    }
+                    () = sleep_until(deadline), if exited_at.is_none() && killer.stop.is_none() => {
+                        killer.stop(Stop::WallTime);
+                    }
+                    () = sleep_until(killer.escalate_at.unwrap_or(deadline)),
+                        if exited_at.is_none() && killer.escalate_at.is_some() => {
+                        tracing::warn!(pid, "sandbox still alive after killing its init: killing its process group");
+                        killer.escalate_at = None;
+                        killer.kill_group();
+                    }
+                    () = sleep_until(drain_until.unwrap_or(deadline)), if drain_until.is_some() => {
+                        tracing::warn!(pid, "output still open after the program exited: dropped the rest");
+                        break;
+                    }
+                }
             }
         }
-    }
-    let wall = exited_at.unwrap_or_else(Instant::now) - started;
-    drop(exit);
+        let wall = exited_at.unwrap_or_else(Instant::now) - started;
+        drop(exit);
 
-    let (status, usage) = match reap(pid, kind).await {
-        Ok(reaped) => {
-            reaper.reaped = true;
-            (Some(reaped.0), Some(reaped.1))
-        }
-        Err(e) => {
-            internal_error.get_or_insert(format!("reaping the sandbox failed: {e}"));
-            (None, None)
-        }
-    };
-    if let Some(message) = &internal_error {
-        tracing::error!(pid, error = %message, "sandbox supervision failed");
-    }
-    // With the shim, its report is the sandbox's usage; the shim's own wait4 figures would
-    // include its copy of the agent's memory.
-    let usage = match report_rx {
-        Some(rx) => status.and_then(|_| read_report(rx)).or_else(|| {
-            if report_required {
-                internal_error.get_or_insert("the reaper shim sent no resource usage".into());
+        let (status, usage) = match reap(pid, kind).await {
+            Ok(reaped) => {
+                reaper.reaped = true;
+                (Some(reaped.0), Some(reaped.1))
             }
-            None
-        }),
-        None => usage,
-    };
-    let (cpu_ms, memory_kb) = usage.map(usage_figures).unwrap_or((0, 0));
-    Ok(Finished {
-        status,
-        cpu_ms,
-        memory_kb,
-        wall,
-        stop: killer.stop,
-        stdout,
-        stderr,
-        internal_error,
-        oom_killed: false,
-    })
+            Err(e) => {
+                internal_error.get_or_insert(format!("reaping the sandbox failed: {e}"));
+                (None, None)
+            }
+        };
+        if let Some(message) = &internal_error {
+            tracing::error!(pid, error = %message, "sandbox supervision failed");
+        }
+        // With the shim, its report is the sandbox's usage; the shim's own wait4 figures would
+        // include its copy of the agent's memory.
+        let usage = match report_rx {
+            Some(rx) => status.and_then(|_| read_report(rx)).or_else(|| {
+                if report_required {
+                    internal_error.get_or_insert("the reaper shim sent no resource usage".into());
+                }
+                None
+            }),
+            None => usage,
+        };
+        let (cpu_ms, memory_kb) = usage.map(usage_figures).unwrap_or((0, 0));
+        Ok(Finished {
+            status,
+            cpu_ms,
+            memory_kb,
+            wall,
+            stop: killer.stop,
+            stdout,
+            stderr,
+            internal_error,
+            oom_killed: false,
+        })
+    }
+}
+
+/// Hands a warm sandbox its job (see `warm`): the whole message, then end-of-file. A stub
+/// that died first makes the write fail: the sandbox's exit then tells what happened.
+async fn hand_over(mut tx: pipe::Sender, message: &[u8]) {
+    if let Err(e) = tx.write_all(message).await {
+        tracing::debug!(error = %e, "handing the job to the sandbox stub failed");
+    }
+}
+
+/// `Ok(true)` while `pid` (our child) has not exited; it is not reaped.
+fn wait_id_nohang(pid: libc::pid_t) -> io::Result<bool> {
+    // SAFETY: siginfo_t is plain old data that waitid fills; WNOWAIT leaves the child
+    // unreaped, so the pid stays ours.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        if libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.si_pid() == 0)
+    }
 }
 
 fn stream_ended(

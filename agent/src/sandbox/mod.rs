@@ -29,6 +29,17 @@
 //!
 //! Not yet: a CPU share per execution (`cpu.max`).
 //!
+//! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM`, bwrap
+//! only) every row above holds unchanged: the sandbox is the same, only launched before its job
+//! came, with the agent binary as a stub in place of the program (see `warm`). The stub runs
+//! under the same uid, namespaces, capabilities and seccomp filter as the program it then
+//! becomes; it writes the job's files (`O_CREAT|O_EXCL|O_NOFOLLOW`) and lowers its CPU (and,
+//! without a memory cgroup, address-space) limits to the job's. The job's memory limit is
+//! written to the already-existing cgroup at hand-over, the wall-clock deadline starts there,
+//! and the preparation's CPU (and on v1 its peak memory) is not charged to the job. Each spare
+//! is used once; the next is prepared after the slot's run ended, and the agent's shutdown
+//! kills the spares.
+//!
 //! The [`Backend::Nsjail`] backend gives the same protections through nsjail instead of bwrap
 //! (the same binds, uid, cgroup, rlimits, seccomp policy, supervision and outcome mapping), and
 //! adds a read-only `/`, `nosuid`/`nodev` mounts, a `personality` rule and a whole-second
@@ -49,6 +60,7 @@
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
 //! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
 //! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
+//! - `warm`: the warm spares: one launched sandbox per slot, its stub, the hand-over.
 
 mod bwrap;
 mod cgroup;
@@ -59,17 +71,19 @@ mod output;
 mod probe;
 mod process;
 mod seccomp;
+mod warm;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warmpool::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
 use warmpool::runtimes::{self, RuntimeSpec, CATALOG};
 
 pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
+pub use warm::{stub_main, STUB_COMMAND};
 
 /// Which sandbox runs the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +153,12 @@ pub struct SandboxConfig {
     /// The nsjail binary for [`Backend::Nsjail`]; `None`: `WARMPOOL_SANDBOX_NSJAIL`, else
     /// `nsjail` on PATH.
     pub nsjail: Option<PathBuf>,
+    /// Keep a warm spare sandbox per slot (see `warm`; bwrap only). Off by default here
+    /// because the stub must be the agent binary (see `stub`), which a library caller such as
+    /// a test is not; the agent's `WARMPOOL_SANDBOX_WARM` defaults to on.
+    pub warm: bool,
+    /// The agent binary that serves as the warm sandboxes' stub; `None`: this executable.
+    pub stub: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -152,6 +172,8 @@ impl Default for SandboxConfig {
             cgroup_fs: PathBuf::from("/sys/fs/cgroup"),
             seccomp: true,
             nsjail: None,
+            warm: false,
+            stub: None,
         }
     }
 }
@@ -212,7 +234,9 @@ pub struct Sandbox {
     launcher: Launcher,
     /// Where execution cgroups are made; `None` without cgroups.
     cgroups: Option<cgroup::Cgroups>,
-    slots: Slots,
+    slots: Arc<Slots>,
+    /// The warm spares, when on (see `warm`).
+    warm: Option<Arc<warm::Warm>>,
     /// The catalog runtimes this VM can run, with the version each reported at start-up.
     available: Vec<(&'static RuntimeSpec, String)>,
 }
@@ -259,11 +283,48 @@ impl Sandbox {
                 Launcher::Process
             }
         };
+        let warm = match (&launcher, cfg.warm) {
+            (Launcher::Bwrap(bwrap), true) => {
+                let stub = match &cfg.stub {
+                    Some(path) => path.clone(),
+                    None => std::env::current_exe().map_err(|source| SandboxError::Prepare {
+                        context: "finding the agent binary for the warm sandboxes' stub",
+                        source,
+                    })?,
+                };
+                let protections = cgroups.as_ref().map(cgroup::Cgroups::protections);
+                let preparer = warm::Preparer {
+                    bwrap: bwrap.clone(),
+                    cgroups: cgroups.clone(),
+                    stub: warm::Preparer::open_stub(&stub)?,
+                    work_dir_mb: cfg.work_dir_mb,
+                    rlimits: child::Rlimits::for_warm_launch(
+                        cfg.work_dir_mb,
+                        protections.is_some_and(|p| p.pids),
+                    ),
+                    usage_from_cgroup: protections.is_some_and(|p| p.memory && p.cpu_accounting),
+                };
+                tracing::info!(stub = %stub.display(), "warm sandboxes: on (one spare per slot)");
+                Some(Arc::new(warm::Warm::new(preparer, cfg.slots)))
+            }
+            (_, true) => {
+                tracing::warn!(
+                    backend = %cfg.backend,
+                    "warm sandboxes: off (implemented for bwrap only); every run starts cold"
+                );
+                None
+            }
+            (_, false) => {
+                tracing::info!("warm sandboxes: off; every run starts cold");
+                None
+            }
+        };
         let mut sandbox = Sandbox {
-            slots: Slots::new(cfg.slots),
+            slots: Arc::new(Slots::new(cfg.slots)),
             cfg,
             launcher,
             cgroups,
+            warm,
             available: Vec::new(),
         };
         if matches!(sandbox.launcher, Launcher::Bwrap(_) | Launcher::Nsjail(_)) {
@@ -291,7 +352,44 @@ impl Sandbox {
         if sandbox.available.is_empty() {
             tracing::warn!("no runtime of the catalog runs on this VM");
         }
+        if let Some(warm) = &sandbox.warm {
+            // Every slot held at once, so each is seen once; the probes' refills hold the
+            // slots they ran on until their spare is in place, so this waits for those.
+            let mut held = Vec::with_capacity(sandbox.cfg.slots);
+            for _ in 0..sandbox.cfg.slots {
+                held.push(Arc::clone(&sandbox.slots).acquire().await);
+            }
+            for slot in held {
+                if !warm.has_spare(slot.index) {
+                    let uid = sandbox.cfg.uid_base + slot.index as u32;
+                    warm.refill(slot, uid);
+                }
+            }
+        }
         Ok(sandbox)
+    }
+
+    /// Waits until no run and no warm refill holds a slot: then every slot has its spare
+    /// (unless its preparation failed). For a benchmark of a job that reaches an idle agent.
+    pub async fn settle(&self) {
+        let mut held = Vec::with_capacity(self.cfg.slots);
+        for _ in 0..self.cfg.slots {
+            held.push(Arc::clone(&self.slots).acquire().await);
+        }
+    }
+
+    /// Whether runs start in warm spares (see `warm`).
+    pub fn warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    /// Kills the warm spares and stops preparing new ones (the agent's shutdown; tests, before
+    /// they check that nothing is left behind). Later runs still work: each prepares its own
+    /// sandbox at hand-over. Without warm spares, nothing to do.
+    pub async fn shutdown(&self) {
+        if let Some(warm) = &self.warm {
+            warm.shutdown().await;
+        }
     }
 
     /// What the per-execution cgroups enforce here; `None` when executions run without cgroups
@@ -353,7 +451,7 @@ impl Sandbox {
     /// Takes a slot, makes the execution's cgroup, prepares the backend's command, then runs
     /// and supervises it; with a cgroup, its counters replace the rusage figures.
     async fn execute(&self, plan: &Plan<'_>) -> Result<ExecutionResult, SandboxError> {
-        let slot = self.slots.acquire().await;
+        let slot = Arc::clone(&self.slots).acquire().await;
         // validate_config checked that uid_base + slots fits in a u32.
         let uid = self.cfg.uid_base + slot.index as u32;
         let protections = self.cgroups();
@@ -369,6 +467,29 @@ impl Sandbox {
             address_space_mb,
             protections.is_some_and(|p| p.pids),
         );
+        if let Some(warm) = &self.warm {
+            let mut spare = warm.take(slot.index, uid).await?;
+            match spare.begin(plan.limits.memory_mb) {
+                Ok(()) => {
+                    let (finished, cgroup) = spare.run(plan, &rlimits).await?;
+                    let finished = with_cgroup_figures(finished, cgroup).await;
+                    // Only now: the run's sandbox and cgroup are gone, so the spare is the
+                    // uid's only.
+                    warm.refill(slot, uid);
+                    return Ok(outcome::result(
+                        finished,
+                        bwrap::decode_status,
+                        &plan.limits,
+                        &rlimits,
+                    ));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, memory_mb = plan.limits.memory_mb,
+                        "the warm sandbox cannot take the job's memory limit: running it cold");
+                    spare.discard().await;
+                }
+            }
+        }
         // Made before the fork and removed (on drop) if anything below fails.
         let cgroup = self
             .cgroups
@@ -459,6 +580,9 @@ impl Sandbox {
             }
         };
         let finished = with_cgroup_figures(finished, cgroup).await;
+        if let Some(warm) = &self.warm {
+            warm.refill(slot, uid);
+        }
         Ok(outcome::result(finished, decode, &plan.limits, &rlimits))
     }
 
@@ -666,28 +790,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Concurrency slots. The semaphore bounds how many run; the free list says which uid each
 /// gets. A std Mutex, not a Tokio one: it is held for a push or a pop, never across an await.
 struct Slots {
-    semaphore: Semaphore,
+    semaphore: Arc<Semaphore>,
     free: Mutex<Vec<usize>>,
 }
 
-struct Slot<'a> {
+/// Owned (not borrowed from the sandbox) so that a warm refill can hold it in the background.
+struct Slot {
     index: usize,
-    slots: &'a Slots,
-    _permit: SemaphorePermit<'a>,
+    slots: Arc<Slots>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Slots {
     fn new(n: usize) -> Self {
         Self {
-            semaphore: Semaphore::new(n),
+            semaphore: Arc::new(Semaphore::new(n)),
             // Reversed so that pop() hands out slot 0 first.
             free: Mutex::new((0..n).rev().collect()),
         }
     }
 
-    async fn acquire(&self) -> Slot<'_> {
+    async fn acquire(self: Arc<Self>) -> Slot {
         // The semaphore is never closed, so acquire cannot fail.
-        let permit = match self.semaphore.acquire().await {
+        let permit = match Arc::clone(&self.semaphore).acquire_owned().await {
             Ok(permit) => permit,
             Err(_) => unreachable!("the slot semaphore is never closed"),
         };
@@ -706,7 +831,7 @@ impl Slots {
     }
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         // Return the index before the permit (a field, dropped after this body) frees the slot.
         self.slots

@@ -1,0 +1,621 @@
+//! Warm sandboxes: one spare per slot, launched ahead of its job, used once and discarded.
+//!
+//! # What a spare is
+//! Everything a cold run does before its program starts, done while the slot is idle: the
+//! execution's cgroup created (memory limit [`PREPARE_MEMORY_MB`], `pids.max`), the launcher
+//! forked, dropped to the slot's uid, under the reaper shim, and bwrap started with every
+//! namespace, mount and tmpfs and the seccomp filter; inside, in place of the program, the
+//! **stub**: the agent binary itself, bound read-only at `bwrap::STUB_PATH` and run as
+//! `warmpool-agent sandbox-stub FD`, blocked reading the inherited pipe `FD`.
+//!
+//! # Expected flow
+//! 1. After a slot's execution ended, [`Warm::refill`] prepares the slot's next spare in the
+//!    background, holding the slot until it is in place (the next run on that slot would
+//!    otherwise prepare its own at the same time, for the same uid). At start-up every slot
+//!    gets one. [`Preparer::prepare`] returns once the stub wrote its ready byte, so a spare
+//!    is a sandbox that came up, not one that might still fail.
+//! 2. A job comes: [`Warm::take`] gives the slot's spare if it is alive and younger than
+//!    [`MAX_AGE`] (else one is prepared there and then: the same path, only not ahead).
+//! 3. [`Prepared::begin`]: the cgroup takes the job's memory limit, and what it used so far
+//!    stops counting (see `cgroup::ExecCgroup::begin_job`). A limit below what the spare
+//!    already holds (a job asking for a few MiB) cannot be set: the spare is discarded and the
+//!    job runs cold, so its outcome is a cold run's. Then [`Prepared::run`]: with the
+//!    wall-clock deadline starting, the job goes down the pipe ([`encode_job`]) followed by
+//!    stdin as in a cold run, and is supervised exactly as one (`child::Spawned::supervise`).
+//! 4. The stub ([`stub_main`]) reads the message to end-of-file, writes each file into `/work`
+//!    with `O_CREAT|O_EXCL|O_NOFOLLOW`, lowers `RLIMIT_CPU` (and `RLIMIT_AS` without a memory
+//!    cgroup) to the job's, closes the pipe and execs the program: from there on the process
+//!    is the program, in the same namespaces, cgroup and seccomp filter as a cold one.
+//!
+//! # Guarantees
+//! - Used once: a spare is taken out of its slot before the hand-over and never put back; its
+//!   sandbox ends with its job and is reaped and its cgroup removed as in a cold run.
+//! - The stub can do nothing the program could not: it is exec'd by bwrap after the uid drop,
+//!   capability drop and seccomp filter, as the program would be; it only lowers its own
+//!   limits. It trusts nothing but its pipe, and checks even that (names, sizes, NULs).
+//! - [`Warm::shutdown`] (the agent's shutdown) waits for the refills in flight, then kills
+//!   every spare and removes its cgroup. A spare dropped any other way is killed and reaped
+//!   by its `child::Spawned` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
+//!   agent dies, `PR_SET_PDEATHSIG` and `--die-with-parent` end it as they end a cold run.
+//!
+//! # What the job is charged
+//! CPU: the cgroup's usage from the hand-over on: the stub reading the message, writing the
+//! files and exec'ing the program (a cold run is charged bwrap's whole start as well). Peak
+//! memory: on v1 from the hand-over on (then bwrap, its init and the stub resident, as in a
+//! cold run); on v2 since the preparation (`memory.peak` cannot be reset for another reader).
+//! `RLIMIT_CPU` is per process and the stub's few milliseconds before the exec count in it.
+//!
+//! # Why no pool crate
+//! deadpool's pools (managed or unmanaged) hand out interchangeable objects to whoever asks
+//! first. A spare is not interchangeable: it runs as its slot's uid, and the slot semaphore
+//! already decides who runs where and who waits. What is left is one `Option` per slot and a
+//! background refill that holds the slot: a `Mutex<Vec<Option<Prepared>>>` and a
+//! `TaskTracker` say that directly, where a pool per slot of size one (and an `Object::take`
+//! on every use, since a spare must never go back) would only hide it.
+//!
+//! # Caveats
+//! - bwrap only. With nsjail the setting is logged as off: its per-run configuration (wall
+//!   time backstop, limits in the config) would need the same split.
+//! - A spare holds its uid's processes (shim, bwrap, init, stub): 4 of `RLIMIT_NPROC`'s 64,
+//!   but only while its slot is idle (a spare is prepared only once the slot's run ended).
+//! - The stub is the agent binary: the program can read it at `bwrap::STUB_PATH`. It holds no
+//!   secret (those come from the environment and metadata, never the binary).
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+
+use super::cgroup::{Cgroups, ExecCgroup};
+use super::{bwrap, check_file_name, child, Plan, SandboxError, Slot};
+
+/// The agent's subcommand that runs the stub (`main` dispatches on it before anything else).
+pub const STUB_COMMAND: &str = "sandbox-stub";
+/// A spare's memory limit until its job's replaces it: room for bwrap, its init and the stub.
+pub(super) const PREPARE_MEMORY_MB: u64 = 64;
+/// A spare older than this is discarded and prepared afresh at its next job: anything the host
+/// changed under it since (an upgraded `/usr` still bound at its old inodes) is then picked up.
+pub(super) const MAX_AGE: Duration = Duration::from_secs(10 * 60);
+/// How long a spare may take to come up before its preparation counts as failed.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The stub's ready byte, on its stdout before it reads its job.
+const READY: u8 = b'R';
+/// The message's first bytes; anything else is refused.
+const MAGIC: &[u8; 4] = b"WPJ1";
+/// The stub reads at most this much: more than any valid job (files are capped by the work
+/// directory's size, which the agent checked), far less than the cgroup allows.
+const MAX_MESSAGE: u64 = 1 << 30;
+/// Stub exit statuses: a refused or failed hand-over, and a program that could not be exec'd.
+const STUB_FAILED: i32 = 125;
+const EXEC_FAILED: i32 = 127;
+
+/// What a spare needs to be made: copies of the sandbox's own, so refills run on their own.
+pub(super) struct Preparer {
+    pub bwrap: bwrap::Bwrap,
+    pub cgroups: Option<Cgroups>,
+    /// An `O_PATH` fd on the agent binary, bound into each sandbox with `--ro-bind-fd` (the
+    /// slot uid may not traverse the directories of its path).
+    pub stub: OwnedFd,
+    pub work_dir_mb: u64,
+    /// The job's limits except CPU time and address space, which the stub sets.
+    pub rlimits: child::Rlimits,
+    pub usage_from_cgroup: bool,
+}
+
+impl Preparer {
+    /// Opens the stub binary for the life of the agent.
+    pub fn open_stub(path: &Path) -> Result<OwnedFd, SandboxError> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)
+            .map(OwnedFd::from)
+            .map_err(|source| SandboxError::Prepare {
+                context: "opening the agent binary for the warm sandboxes' stub",
+                source,
+            })
+    }
+
+    /// Launches a spare for the slot running as `uid`; returns once its stub is ready.
+    pub async fn prepare(&self, uid: u32) -> Result<Prepared, SandboxError> {
+        let cgroup = self
+            .cgroups
+            .as_ref()
+            .map(|c| c.create(uid, PREPARE_MEMORY_MB))
+            .transpose()
+            .map_err(|source| SandboxError::Prepare {
+                context: "creating the warm sandbox's cgroup",
+                source,
+            })?;
+        let (job_rx, job_tx) = pipe_cloexec().map_err(|source| SandboxError::Prepare {
+            context: "creating the warm sandbox's job pipe",
+            source,
+        })?;
+        let inputs = self.bwrap.inputs(&[])?;
+        let command = self.bwrap.stub_command(
+            self.stub.as_raw_fd(),
+            job_rx.as_raw_fd(),
+            &inputs,
+            self.work_dir_mb,
+        );
+        let mut inherit = inputs.raw_fds();
+        inherit.extend([self.stub.as_raw_fd(), job_rx.as_raw_fd()]);
+        let mut setup = child::Setup::new(Some(uid), self.rlimits, inherit);
+        setup.cgroup_procs = cgroup
+            .as_ref()
+            .map(ExecCgroup::procs_files)
+            .unwrap_or_default();
+        setup.usage_from_cgroup = self.usage_from_cgroup;
+        let mut spawned = child::spawn(command, setup, child::Kind::Bwrap)?;
+        // Only the stub holds the read end now: if it dies, the hand-over sees EPIPE.
+        drop(job_rx);
+        match tokio::time::timeout(READY_TIMEOUT, spawned.read_ready(READY)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                return Err(SandboxError::Prepare {
+                    context: "starting the warm sandbox (its stub never got ready)",
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(SandboxError::Prepare {
+                    context: "starting the warm sandbox",
+                    source: io::Error::new(io::ErrorKind::TimedOut, "the stub never got ready"),
+                })
+            }
+        }
+        Ok(Prepared {
+            spawned,
+            job_tx,
+            _inputs: inputs,
+            cgroup,
+            made: Instant::now(),
+        })
+    }
+}
+
+/// A launched sandbox waiting for its job. Dropping it kills the sandbox, reaps it and
+/// removes its cgroup (fields drop in order: the processes first).
+pub(super) struct Prepared {
+    spawned: child::Spawned,
+    job_tx: OwnedFd,
+    /// The seccomp filter's memfd: bwrap read it long ago; closed with the spare.
+    _inputs: bwrap::Inputs,
+    cgroup: Option<ExecCgroup>,
+    made: Instant,
+}
+
+impl Prepared {
+    fn usable(&self) -> bool {
+        self.made.elapsed() < MAX_AGE && self.spawned.alive()
+    }
+
+    /// Kills the sandbox and removes its cgroup once its processes are gone (the processes
+    /// are reaped on a thread, see `child::Reaper`).
+    pub async fn discard(self) {
+        let Prepared {
+            spawned, cgroup, ..
+        } = self;
+        drop(spawned);
+        if let Some(cgroup) = cgroup {
+            cgroup.finish().await;
+        }
+    }
+
+    /// Gives the cgroup the job's memory limit and starts the job's accounting (see
+    /// `cgroup::ExecCgroup::begin_job`). Fails when the sandbox already uses more than the
+    /// limit (a job asking for a few MiB): the caller then discards the spare and runs the job
+    /// cold, so that its outcome is a cold run's.
+    pub fn begin(&mut self, memory_mb: u64) -> io::Result<()> {
+        match &mut self.cgroup {
+            Some(cgroup) => cgroup.begin_job(memory_mb),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands `plan` over (after [`Self::begin`]) and supervises it to its end; the cgroup is
+    /// the caller's to finish.
+    pub async fn run(
+        self,
+        plan: &Plan<'_>,
+        rlimits: &child::Rlimits,
+    ) -> Result<(child::Finished, Option<ExecCgroup>), SandboxError> {
+        let Prepared {
+            spawned,
+            job_tx,
+            _inputs,
+            cgroup,
+            made: _,
+        } = self;
+        let message = encode_job(plan, rlimits);
+        let finished = spawned
+            .supervise(Some((job_tx, message)), plan.stdin, &plan.limits)
+            .await?;
+        Ok((finished, cgroup))
+    }
+}
+
+/// One spare per slot, and the refills that make them.
+pub(super) struct Warm {
+    preparer: Preparer,
+    /// Indexed by slot. A std Mutex: held for a take or a put, never across an await.
+    spares: Mutex<Vec<Option<Prepared>>>,
+    closed: AtomicBool,
+    refills: TaskTracker,
+}
+
+impl Warm {
+    pub fn new(preparer: Preparer, slots: usize) -> Self {
+        Self {
+            preparer,
+            spares: Mutex::new((0..slots).map(|_| None).collect()),
+            closed: AtomicBool::new(false),
+            refills: TaskTracker::new(),
+        }
+    }
+
+    pub fn has_spare(&self, slot: usize) -> bool {
+        self.lock().get(slot).is_some_and(Option::is_some)
+    }
+
+    /// The slot's spare if it is still usable, else a sandbox prepared now.
+    pub async fn take(&self, slot: usize, uid: u32) -> Result<Prepared, SandboxError> {
+        let spare = self.lock().get_mut(slot).and_then(Option::take);
+        match spare {
+            Some(spare) if spare.usable() => return Ok(spare),
+            Some(stale) => {
+                tracing::info!(
+                    slot,
+                    "a spare sandbox died or aged out: preparing a fresh one"
+                );
+                stale.discard().await;
+            }
+            None => {}
+        }
+        self.preparer.prepare(uid).await
+    }
+
+    /// Prepares `slot`'s next spare in the background, holding the slot until it is in place.
+    pub fn refill(self: &Arc<Self>, slot: Slot, uid: u32) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let warm = Arc::clone(self);
+        self.refills.spawn(async move {
+            let index = slot.index;
+            match warm.preparer.prepare(uid).await {
+                // Checked under the lock that shutdown drains under: a spare put after the
+                // drain would outlive the agent's shutdown.
+                Ok(spare) => {
+                    let unwanted = {
+                        let mut spares = warm.lock();
+                        match spares.get_mut(index) {
+                            Some(place) if !warm.closed.load(Ordering::Acquire) => {
+                                *place = Some(spare);
+                                None
+                            }
+                            _ => Some(spare),
+                        }
+                    };
+                    // Shut down while it was being prepared: shutdown waits for this.
+                    if let Some(spare) = unwanted {
+                        spare.discard().await;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    slot = index,
+                    error = %super::error_chain(&e),
+                    "could not prepare a spare sandbox; the slot's next run prepares its own"
+                ),
+            }
+            drop(slot);
+        });
+    }
+
+    /// Stops refilling, waits for the refills in flight, then kills every spare and removes
+    /// its cgroup. Runs after it still work: each prepares its sandbox at hand-over.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.refills.close();
+        self.refills.wait().await;
+        let spares: Vec<Prepared> = self.lock().iter_mut().filter_map(Option::take).collect();
+        for spare in spares {
+            spare.discard().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Prepared>>> {
+        self.spares
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two fds that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The job as the stub reads it; all integers little-endian:
+/// `"WPJ1"`, `cpu_soft_s` u64, `cpu_hard_s` u64, `address_space_bytes` u64 (`u64::MAX`: none),
+/// `argc` u32 then each argument (u32 length, bytes), `nfiles` u32 then each file (u32 name
+/// length, name, u64 content length, content).
+pub(super) fn encode_job(plan: &Plan<'_>, rlimits: &child::Rlimits) -> Vec<u8> {
+    let size = 64
+        + plan.argv.iter().map(|a| 4 + a.len()).sum::<usize>()
+        + plan
+            .files
+            .iter()
+            .map(|f| 12 + f.name.len() + f.content.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&rlimits.cpu_soft_s.to_le_bytes());
+    out.extend_from_slice(&rlimits.cpu_hard_s.to_le_bytes());
+    out.extend_from_slice(
+        &rlimits
+            .address_space_bytes
+            .unwrap_or(u64::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&(plan.argv.len() as u32).to_le_bytes());
+    for arg in &plan.argv {
+        out.extend_from_slice(&(arg.len() as u32).to_le_bytes());
+        out.extend_from_slice(arg.as_bytes());
+    }
+    out.extend_from_slice(&(plan.files.len() as u32).to_le_bytes());
+    for file in plan.files {
+        out.extend_from_slice(&(file.name.len() as u32).to_le_bytes());
+        out.extend_from_slice(file.name.as_bytes());
+        out.extend_from_slice(&(file.content.len() as u64).to_le_bytes());
+        out.extend_from_slice(file.content.as_bytes());
+    }
+    out
+}
+
+/// The job, decoded and checked by the stub.
+#[derive(Debug, PartialEq, Eq)]
+struct StubJob {
+    cpu_soft_s: u64,
+    cpu_hard_s: u64,
+    address_space_bytes: Option<u64>,
+    argv: Vec<Vec<u8>>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+fn decode_job(mut bytes: &[u8]) -> Result<StubJob, &'static str> {
+    fn take<'a>(bytes: &mut &'a [u8], n: u64) -> Result<&'a [u8], &'static str> {
+        let n = usize::try_from(n).map_err(|_| "truncated")?;
+        if bytes.len() < n {
+            return Err("truncated");
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    fn u32_of(bytes: &mut &[u8]) -> Result<u32, &'static str> {
+        Ok(u32::from_le_bytes(
+            take(bytes, 4)?.try_into().map_err(|_| "truncated")?,
+        ))
+    }
+    fn u64_of(bytes: &mut &[u8]) -> Result<u64, &'static str> {
+        Ok(u64::from_le_bytes(
+            take(bytes, 8)?.try_into().map_err(|_| "truncated")?,
+        ))
+    }
+    if take(&mut bytes, 4)? != MAGIC {
+        return Err("not a job message");
+    }
+    let cpu_soft_s = u64_of(&mut bytes)?;
+    let cpu_hard_s = u64_of(&mut bytes)?;
+    let address_space_bytes = Some(u64_of(&mut bytes)?).filter(|&b| b != u64::MAX);
+    let argc = u32_of(&mut bytes)?;
+    let mut argv = Vec::new();
+    for _ in 0..argc {
+        let len = u32_of(&mut bytes)?;
+        let arg = take(&mut bytes, len.into())?;
+        if arg.contains(&0) {
+            return Err("an argument contains NUL");
+        }
+        argv.push(arg.to_vec());
+    }
+    if argv
+        .first()
+        .is_none_or(|program| !program.starts_with(b"/"))
+    {
+        return Err("the program is not an absolute path");
+    }
+    let nfiles = u32_of(&mut bytes)?;
+    let mut files = Vec::new();
+    for _ in 0..nfiles {
+        let len = u32_of(&mut bytes)?;
+        let name = std::str::from_utf8(take(&mut bytes, len.into())?)
+            .map_err(|_| "a file name is not UTF-8")?;
+        check_file_name(name).map_err(|_| "a file name could escape /work")?;
+        let len = u64_of(&mut bytes)?;
+        files.push((name.to_string(), take(&mut bytes, len)?.to_vec()));
+    }
+    if !bytes.is_empty() {
+        return Err("trailing bytes");
+    }
+    if cpu_soft_s > cpu_hard_s {
+        return Err("the CPU soft limit is above the hard one");
+    }
+    Ok(StubJob {
+        cpu_soft_s,
+        cpu_hard_s,
+        address_space_bytes,
+        argv,
+        files,
+    })
+}
+
+/// `warmpool-agent sandbox-stub FD`, inside a warm sandbox: see the module docs. Never
+/// returns: it becomes the program, or exits with [`STUB_FAILED`] or [`EXEC_FAILED`] and a
+/// line on stderr (the program's stderr, so the job's result shows why).
+pub fn stub_main(args: &[OsString]) -> ! {
+    let fail = |code: i32, why: &dyn std::fmt::Display| -> ! {
+        let _ = writeln!(io::stderr(), "warmpool sandbox stub: {why}");
+        std::process::exit(code)
+    };
+    let fd: RawFd = match args.get(2).and_then(|a| a.to_str()?.parse().ok()) {
+        Some(fd) if fd > 2 => fd,
+        _ => fail(STUB_FAILED, &"usage: sandbox-stub FD"),
+    };
+    // SAFETY: the fd was inherited for us alone (see `Preparer::prepare`); we own it from here.
+    let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Err(e) = io::stdout()
+        .write_all(&[READY])
+        .and_then(|()| io::stdout().flush())
+    {
+        fail(STUB_FAILED, &format_args!("signalling ready: {e}"));
+    }
+    let mut message = Vec::new();
+    if let Err(e) = (&mut pipe).take(MAX_MESSAGE).read_to_end(&mut message) {
+        fail(STUB_FAILED, &format_args!("reading the job: {e}"));
+    }
+    drop(pipe);
+    let job = decode_job(&message).unwrap_or_else(|why| fail(STUB_FAILED, &why));
+    drop(message);
+    for (name, content) in &job.files {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true) // O_CREAT | O_EXCL
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(Path::new("/work").join(name))
+            .and_then(|mut file| file.write_all(content));
+        if let Err(e) = written {
+            fail(STUB_FAILED, &format_args!("writing /work/{name}: {e}"));
+        }
+    }
+    let limit = |resource, soft: u64, hard: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads a valid struct. Only lowering: the stub is unprivileged.
+        if unsafe { libc::setrlimit(resource, &limit) } == -1 {
+            fail(
+                STUB_FAILED,
+                &format_args!("setting a limit: {}", io::Error::last_os_error()),
+            );
+        }
+    };
+    limit(libc::RLIMIT_CPU, job.cpu_soft_s, job.cpu_hard_s);
+    if let Some(bytes) = job.address_space_bytes {
+        limit(libc::RLIMIT_AS, bytes, bytes);
+    }
+    let program = PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&job.argv[0])));
+    // std resets SIGPIPE (which its runtime ignores) and the signal mask before the exec.
+    let error = std::process::Command::new(&program)
+        .args(job.argv[1..].iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+        .exec();
+    fail(
+        EXEC_FAILED,
+        &format_args!("exec {}: {error}", program.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmpool::model::{FileSpec, Limits};
+
+    fn plan<'a>(argv: &[&str], files: &'a [FileSpec]) -> Plan<'a> {
+        Plan {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            files,
+            stdin: b"",
+            limits: Limits {
+                wall_time_ms: 1000,
+                cpu_time_ms: 1500,
+                memory_mb: 64,
+                max_output_bytes: 1024,
+            },
+            address_space_extra_mb: 0,
+        }
+    }
+
+    fn rlimits(address_space_mb: Option<u64>) -> child::Rlimits {
+        child::Rlimits::for_limits(&plan(&[], &[]).limits, 64, address_space_mb, true)
+    }
+
+    #[test]
+    fn a_job_decodes_to_what_was_encoded() {
+        let files = [
+            FileSpec {
+                name: "main.py".into(),
+                content: "print(1)\n".into(),
+            },
+            FileSpec {
+                name: "-c".into(),
+                content: String::new(),
+            },
+        ];
+        let plan = plan(&["/usr/bin/python3", "main.py", "a b"], &files);
+        let job = decode_job(&encode_job(&plan, &rlimits(Some(100)))).unwrap();
+        assert_eq!(
+            job,
+            StubJob {
+                cpu_soft_s: 2,
+                cpu_hard_s: 3,
+                address_space_bytes: Some(100 * 1024 * 1024),
+                argv: vec![
+                    b"/usr/bin/python3".to_vec(),
+                    b"main.py".to_vec(),
+                    b"a b".to_vec()
+                ],
+                files: vec![
+                    ("main.py".into(), b"print(1)\n".to_vec()),
+                    ("-c".into(), Vec::new())
+                ],
+            }
+        );
+        let job = decode_job(&encode_job(&plan, &rlimits(None))).unwrap();
+        assert_eq!(job.address_space_bytes, None);
+    }
+
+    #[test]
+    fn the_stub_refuses_messages_it_should_not_trust() {
+        let files = |name: &str| {
+            vec![FileSpec {
+                name: name.into(),
+                content: "x".into(),
+            }]
+        };
+        for (argv, files, why) in [
+            (vec!["relative"], files("a"), "a relative program"),
+            (vec!["/bin/x\0y"], files("a"), "a NUL in an argument"),
+            (vec!["/bin/x"], files("../escape"), "a path in a name"),
+            (vec!["/bin/x"], files(".."), "a dot-dot name"),
+            (vec!["/bin/x"], files(""), "an empty name"),
+        ] {
+            let message = encode_job(&plan(&argv, &files), &rlimits(None));
+            assert!(decode_job(&message).is_err(), "accepted {why}");
+        }
+        let good = encode_job(&plan(&["/bin/x"], &files("a")), &rlimits(None));
+        assert!(decode_job(&good).is_ok());
+        for cut in 0..good.len() {
+            assert!(decode_job(&good[..cut]).is_err(), "accepted a cut at {cut}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(decode_job(&long).is_err(), "accepted trailing bytes");
+        let mut forged = good;
+        forged[0] = b'X';
+        assert!(decode_job(&forged).is_err(), "accepted a wrong magic");
+    }
+}
