@@ -183,10 +183,10 @@ impl Agent {
             .env("NO_COLOR", "1")
             .env("WARMPOOL_AGENT_SANDBOX", "bwrap")
             .env("WARMPOOL_SANDBOX_CGROUPS", "off")
-            // The agent's default (on) unless the suite runs cold (see tests/sandbox.rs).
+            // The agent's default (off) unless the suite runs warm (see tests/sandbox.rs).
             .env(
                 "WARMPOOL_SANDBOX_WARM",
-                std::env::var("WARMPOOL_TEST_SANDBOX_WARM").unwrap_or_else(|_| "on".into()),
+                std::env::var("WARMPOOL_TEST_SANDBOX_WARM").unwrap_or_else(|_| "off".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

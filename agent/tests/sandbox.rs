@@ -46,15 +46,16 @@ mod uids {
     pub const DEAD_SPARE: u32 = 61_230;
     pub const TINY_COLD: u32 = 61_240;
     pub const TINY_WARM: u32 = 61_250;
+    pub const FDS: u32 = 61_260;
 }
 
-/// Every test here runs on warm sandboxes (the agent's default) unless
-/// `WARMPOOL_TEST_SANDBOX_WARM=off`, which runs the whole suite cold: run it both ways. Warm,
-/// a slot keeps a spare sandbox of its uid between runs, so the "nothing left behind" checks
-/// call `Sandbox::shutdown` (which kills the spares) first: what they look for is anything of
-/// a finished run, which shutdown does not touch.
+/// Every test here runs cold (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=on`,
+/// which runs the whole suite on warm sandboxes: run it both ways (the tests named for warm
+/// spares always run warm). Warm, a slot keeps a spare sandbox of its uid between runs, so the
+/// "nothing left behind" checks call `Sandbox::shutdown` (which kills the spares) first: what
+/// they look for is anything of a finished run, which shutdown does not touch.
 fn base_config() -> SandboxConfig {
-    let warm = std::env::var("WARMPOOL_TEST_SANDBOX_WARM").map_or(true, |v| v != "off");
+    let warm = std::env::var("WARMPOOL_TEST_SANDBOX_WARM").is_ok_and(|v| v == "on");
     SandboxConfig {
         warm,
         stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
@@ -807,24 +808,51 @@ async fn on_a_v2_hierarchy_without_memory_or_pids_auto_mode_uses_what_there_is()
 
 #[tokio::test]
 async fn a_spare_that_died_while_it_waited_is_replaced_at_its_job() {
-    let sandbox = sandbox_with_cgroups(uids::DEAD_SPARE, CgroupMode::Auto).await;
+    let sandbox = Sandbox::new(SandboxConfig {
+        uid_base: uids::DEAD_SPARE,
+        slots: 1,
+        work_dir_mb: 16,
+        warm: true,
+        ..base_config()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"));
     assert_isolated(&sandbox, uids::DEAD_SPARE).await;
     // Every refill done: the slot's spare (when warm) is waiting. Kill it, as the OOM killer
     // or an operator might: these are this test's own sandbox processes, found by their uid.
     sandbox.settle().await;
-    for pid in processes_of(uids::DEAD_SPARE) {
+    let spare = processes_of(uids::DEAD_SPARE);
+    for &pid in &spare {
         // SAFETY: plain syscall; a process that is already gone is fine.
         unsafe {
             libc::kill(pid as i32, libc::SIGKILL);
         }
     }
+    // SIGKILL is delivered asynchronously: wait until each is dead (gone, or a zombie until
+    // the agent's reaper takes it). A spare that dies in the very instant of its hand-over
+    // ends that job as killed, as a cold sandbox killed while it starts would.
+    let dead = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !spare.iter().all(dead) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        spare.iter().all(dead),
+        "the spare's processes would not die"
+    );
     let mut job = python("import sys\nprint(sys.stdin.read(), sys.argv[1:])\n");
     job.stdin = "still".into();
     job.args = vec!["fine".into()];
     let result = run(&sandbox, &job).await;
     assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
     assert_eq!(result.stdout, "still ['fine']\n", "{result:?}");
-    sandbox.shutdown().await; // the warm spares (see base_config)
+    sandbox.shutdown().await;
     assert_eq!(leftovers_of(uids::DEAD_SPARE).await, Vec::<u32>::new());
     assert_eq!(
         cgroups_of(uids::DEAD_SPARE),
@@ -869,4 +897,29 @@ async fn a_job_smaller_than_what_a_spare_holds_ends_as_it_would_cold() {
     assert_eq!(result.stdout, "next\n", "{result:?}");
     warm.shutdown().await;
     assert_eq!(leftovers_of(uids::TINY_WARM).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn the_program_inherits_no_file_descriptor_but_its_three_streams() {
+    let sandbox = sandbox(uids::FDS, 1).await;
+    // Each fd's target; the listing's own directory fd is closed by the time it is looked
+    // at ("-").
+    let result = run(
+        &sandbox,
+        &python(
+            "import os\nfor fd in sorted(os.listdir('/proc/self/fd'), key=int):\n    \
+             print(fd, os.readlink('/proc/self/fd/' + fd) if os.path.exists('/proc/self/fd/' + fd) else '-')\n",
+        ),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    let fds: Vec<&str> = result
+        .stdout
+        .lines()
+        .filter(|line| !line.ends_with(" -"))
+        .collect();
+    assert_eq!(fds.len(), 3, "{result:?}");
+    for (line, fd) in fds.iter().zip(["0 ", "1 ", "2 "]) {
+        assert!(line.starts_with(fd) && line.contains("pipe:"), "{result:?}");
+    }
 }

@@ -63,9 +63,9 @@ async fn sandbox(uid_base: u32, seccomp: bool) -> Sandbox {
         slots: 1,
         work_dir_mb: 16,
         seccomp,
-        // Warm (the agent's default) unless WARMPOOL_TEST_SANDBOX_WARM=off: the filter must
+        // Cold (the agent's default) unless WARMPOOL_TEST_SANDBOX_WARM=on: the filter must
         // hold on both paths, and on the warm one it also binds the stub.
-        warm: std::env::var("WARMPOOL_TEST_SANDBOX_WARM").map_or(true, |v| v != "off"),
+        warm: std::env::var("WARMPOOL_TEST_SANDBOX_WARM").is_ok_and(|v| v == "on"),
         stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
         ..SandboxConfig::default()
     })

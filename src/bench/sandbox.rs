@@ -13,8 +13,8 @@
 //! - `bwrap`: namespaces and the tmpfs root (cgroups and seccomp off);
 //! - `+ seccomp`: the seccomp filter alone;
 //! - `+ cgroups`: the per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`);
-//! - `+ cgroups + seccomp`: both, started cold (`WARMPOOL_SANDBOX_WARM=off`);
-//! - `warm`: the same, the production default: the run is handed to the slot's spare sandbox,
+//! - `+ cgroups + seccomp`: both, the production default (cold: `WARMPOOL_SANDBOX_WARM=off`);
+//! - `warm`: the same with `WARMPOOL_SANDBOX_WARM=on`: the run is handed to the slot's spare sandbox,
 //!   launched before the job came (`agent/src/sandbox/warm.rs`). `bench-sandbox` lets every
 //!   refill finish before it times the next run (a job reaching an idle agent), so the row is
 //!   the hand-over's latency, not a back-to-back throughput;
@@ -101,7 +101,7 @@ const CONFIGS: &[Config] = &[
         ],
     },
     Config {
-        label: "bwrap + cgroups + seccomp (cold)",
+        label: "bwrap + cgroups + seccomp (default)",
         env: &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
@@ -110,7 +110,7 @@ const CONFIGS: &[Config] = &[
         ],
     },
     Config {
-        label: "warm: the same, spare ready (default)",
+        label: "warm: the same, spare ready",
         env: &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "auto"),

@@ -29,8 +29,8 @@
 //!
 //! Not yet: a CPU share per execution (`cpu.max`).
 //!
-//! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM`, bwrap
-//! only) every row above holds unchanged: the sandbox is the same, only launched before its job
+//! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM=on`, bwrap
+//! only; off by default) every row above holds unchanged: the sandbox is the same, only launched before its job
 //! came, with the agent binary as a stub in place of the program (see `warm`). The stub runs
 //! under the same uid, namespaces, capabilities and seccomp filter as the program it then
 //! becomes; it writes the job's files (`O_CREAT|O_EXCL|O_NOFOLLOW`) and lowers its CPU (and,
@@ -153,9 +153,9 @@ pub struct SandboxConfig {
     /// The nsjail binary for [`Backend::Nsjail`]; `None`: `WARMPOOL_SANDBOX_NSJAIL`, else
     /// `nsjail` on PATH.
     pub nsjail: Option<PathBuf>,
-    /// Keep a warm spare sandbox per slot (see `warm`; bwrap only). Off by default here
-    /// because the stub must be the agent binary (see `stub`), which a library caller such as
-    /// a test is not; the agent's `WARMPOOL_SANDBOX_WARM` defaults to on.
+    /// Keep a warm spare sandbox per slot (see `warm`; bwrap only). Off by default (and the
+    /// agent's `WARMPOOL_SANDBOX_WARM` too: see `warm`'s caveats); on, `stub` must name the
+    /// agent binary when the caller (a test) is not it.
     pub warm: bool,
     /// The agent binary that serves as the warm sandboxes' stub; `None`: this executable.
     pub stub: Option<PathBuf>,

@@ -44,6 +44,9 @@
 //! memory: on v1 from the hand-over on (then bwrap, its init and the stub resident, as in a
 //! cold run); on v2 since the preparation (`memory.peak` cannot be reset for another reader).
 //! `RLIMIT_CPU` is per process and the stub's few milliseconds before the exec count in it.
+//! Without cgroups the figures are the reaper shim's rusage, as in a cold run: they include
+//! bwrap's and its init's start (as cold), and the peak resident size is at least the stub's
+//! (a few MiB: the kernel carries a process's high-water mark across exec).
 //!
 //! # Why no pool crate
 //! deadpool's pools (managed or unmanaged) hand out interchangeable objects to whoever asks
@@ -60,6 +63,20 @@
 //!   but only while its slot is idle (a spare is prepared only once the slot's run ended).
 //! - The stub is the agent binary: the program can read it at `bwrap::STUB_PATH`. It holds no
 //!   secret (those come from the environment and metadata, never the binary).
+//! - A spare that dies while it waits is replaced at its job ([`Warm::take`] checks it); one
+//!   killed in the very instant of its hand-over ends that job as killed (`runtime_error`,
+//!   signal 9), as a cold sandbox killed while it starts would.
+//! - **Why off by default** (`WARMPOOL_SANDBOX_WARM=off`): an idle agent always has sandbox
+//!   processes of its slot uids, which `tests/attacks.rs`' "nothing left" check counts as
+//!   leftovers (its daemon and fork-bomb attacks fail on that check alone when warm). And a
+//!   refill runs after every execution: an agent killed (SIGKILL) while one is in bwrap's
+//!   set-up leaves bwrap's inner process behind, blocked for ever on the eventfd by which the
+//!   outer bwrap (killed by its parent-death signal) would have released it; the inner one
+//!   has no parent-death signal yet. Seen here, and in cold runs too (an agent killed during
+//!   a run's start); warm makes the window follow every run. A graceful stop
+//!   ([`Warm::shutdown`]) leaves nothing. The cure is for the next agent's start to kill the
+//!   tasks of a dead agent's cgroups before it removes them (`cgroup::sweep_stale` removes
+//!   only empty ones today), and for the attack suite to stop its agent before it looks.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
