@@ -47,6 +47,8 @@ mod uids {
     pub const TINY_COLD: u32 = 61_240;
     pub const TINY_WARM: u32 = 61_250;
     pub const FDS: u32 = 61_260;
+    /// Two sandboxes: base and base + 8.
+    pub const STALE: u32 = 61_270;
 }
 
 /// Every test here runs cold (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=on`,
@@ -922,4 +924,66 @@ async fn the_program_inherits_no_file_descriptor_but_its_three_streams() {
     for (line, fd) in fds.iter().zip(["0 ", "1 ", "2 "]) {
         assert!(line.starts_with(fd) && line.contains("pipe:"), "{result:?}");
     }
+}
+
+#[tokio::test]
+async fn what_a_dead_agent_left_in_its_cgroups_is_killed_at_the_next_start() {
+    let sandbox = sandbox_with_cgroups(uids::STALE, CgroupMode::Auto).await;
+    if !cgroups_or_skip(&sandbox, "a dead agent's cgroups", |_| true) {
+        return;
+    }
+    // Where execution cgroups are made: seen beside a running one.
+    let mut job = bash("sleep 2");
+    job.limits.wall_time_ms = 3_000;
+    let (result, dirs) = tokio::join!(run(&sandbox, &job), async {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let dirs = cgroups_of(uids::STALE);
+            if !dirs.is_empty() || Instant::now() > deadline {
+                return dirs;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    let mut parents: Vec<_> = dirs.iter().filter_map(|d| d.parent()).collect();
+    parents.sort();
+    parents.dedup();
+    assert!(!parents.is_empty(), "no execution cgroup was seen");
+    // A dead agent's pid, and what it left: a process (this test's own child) in cgroups
+    // named as that agent's, as bwrap's inner process is when the agent dies during set-up.
+    let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let mut left = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let stale: Vec<_> = parents
+        .iter()
+        .map(|parent| parent.join(format!("wp-{}-{dead_pid}-0", uids::STALE)))
+        .collect();
+    for dir in &stale {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), left.id().to_string()).unwrap();
+    }
+    let next = sandbox_with_cgroups(uids::STALE + 8, CgroupMode::Auto).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match left.try_wait().unwrap() {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => break None,
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    if status.is_none() {
+        let _ = left.kill();
+        let _ = left.wait();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.and_then(|s| s.signal()), Some(9), "not killed");
+    for dir in &stale {
+        assert!(!dir.exists(), "{} was left", dir.display());
+    }
+    drop(next);
 }

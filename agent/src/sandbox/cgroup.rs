@@ -38,8 +38,12 @@
 //! - The reaper shim is a fork of the agent and lives in the cgroup; the pages it shares with
 //!   the agent stay charged to the agent, only what it touches counts here (a few KiB).
 //! - A cgroup left by an agent that was killed (SIGKILL) stays until the next agent starts:
-//!   its processes died with the agent (`PR_SET_PDEATHSIG`), and [`probe`] removes every empty
-//!   `wp-*` cgroup whose agent pid (in its name) no longer runs.
+//!   its processes died with the agent (`PR_SET_PDEATHSIG`), and [`probe`] removes every
+//!   `wp-*` cgroup whose agent pid (in its name) no longer runs. Almost all: an agent killed
+//!   while bwrap was setting up a sandbox leaves bwrap's inner process blocked for ever on the
+//!   eventfd by which the (killed) outer bwrap would have released it, without a parent-death
+//!   signal yet. It is still in the cgroup, so [`probe`] kills whatever such a cgroup holds
+//!   before it removes it. (Warm spares, see `warm`, make that window follow every run.)
 
 use std::ffi::CString;
 use std::fmt;
@@ -477,7 +481,7 @@ pub(super) fn probe(mode: CgroupMode, fs_root: &Path) -> Result<Option<Cgroups>,
         .into_iter()
         .flatten()
     {
-        sweep_stale(parent);
+        sweep_stale(cgroups.version, parent);
     }
     let p = cgroups.protections();
     let usable = p.memory || p.pids || p.cpu_accounting;
@@ -667,7 +671,7 @@ fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
 
 /// Removes the empty `wp-<uid>-<pid>-<n>` (and `wp-probe-<pid>`) cgroups of agents that no
 /// longer run: an agent killed with SIGKILL could not remove its own.
-fn sweep_stale(parent: &Path) {
+fn sweep_stale(version: CgroupVersion, parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
@@ -679,8 +683,32 @@ fn sweep_stale(parent: &Path) {
         // SAFETY: signal 0 only checks that the pid exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0
             || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive && fs::remove_dir(entry.path()).is_ok() {
-            tracing::info!(cgroup = %entry.path().display(), "removed the cgroup of a dead agent");
+        if alive {
+            continue;
+        }
+        // What the dead agent left in it (see the module docs) is killed first. At start-up
+        // only, and bounded: a blocking wait is fine here.
+        let mut stale = ExecCgroup {
+            version,
+            memory: None,
+            pids: None,
+            cpu: None,
+            dirs: vec![entry.path()],
+            finished: true,
+            cpu_baseline_ns: 0,
+        };
+        let give_up = Instant::now() + EMPTY_GRACE;
+        loop {
+            stale.kill_all();
+            if stale.remove() {
+                tracing::info!(cgroup = %entry.path().display(), "removed the cgroup of a dead agent");
+                break;
+            }
+            if Instant::now() > give_up {
+                tracing::warn!(cgroup = %entry.path().display(), "could not empty the cgroup of a dead agent");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

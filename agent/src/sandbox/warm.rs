@@ -74,9 +74,10 @@
 //!   outer bwrap (killed by its parent-death signal) would have released it; the inner one
 //!   has no parent-death signal yet. Seen here, and in cold runs too (an agent killed during
 //!   a run's start); warm makes the window follow every run. A graceful stop
-//!   ([`Warm::shutdown`]) leaves nothing. The cure is for the next agent's start to kill the
-//!   tasks of a dead agent's cgroups before it removes them (`cgroup::sweep_stale` removes
-//!   only empty ones today), and for the attack suite to stop its agent before it looks.
+//!   ([`Warm::shutdown`]) leaves nothing, and with cgroups the next agent's start kills what a
+//!   dead agent left in its cgroups (see `cgroup`); without cgroups it stays. To turn warm on
+//!   by default, the attack suite must stop its agent before it looks (or tell a spare from a
+//!   leftover).
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
