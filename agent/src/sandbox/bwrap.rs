@@ -172,6 +172,11 @@ impl Bwrap {
         Ok(bwrap)
     }
 
+    /// Whether each sandbox loads the seccomp filter.
+    pub fn seccomp(&self) -> bool {
+        self.seccomp.is_some()
+    }
+
     /// The fds one sandbox reads: `files` in memfds, and the seccomp filter in another.
     pub fn inputs(&self, files: &[FileSpec]) -> Result<Inputs, SandboxError> {
         let seccomp = self

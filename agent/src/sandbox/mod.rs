@@ -617,6 +617,12 @@ impl Sandbox {
             child::NPROC_LIMIT
         };
         report.check(nproc).map_err(SandboxError::ProbeFailed)?;
+        if let Launcher::Bwrap(bwrap) = &self.launcher {
+            // The filter is in force (mode 2) under no_new_privs, as the program will run.
+            if bwrap.seccomp() {
+                nsjail::check_isolation(&result.stdout, true).map_err(SandboxError::ProbeFailed)?;
+            }
+        }
         if let Launcher::Nsjail(nsjail) = &self.launcher {
             nsjail::check_isolation(&result.stdout, nsjail.seccomp())
                 .map_err(SandboxError::ProbeFailed)?;

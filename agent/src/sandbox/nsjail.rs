@@ -691,7 +691,7 @@ pub(super) fn check_isolation(probe_stdout: &str, seccomp: bool) -> Result<(), S
         Ok(())
     } else {
         Err(format!(
-            "the nsjail sandbox does not isolate: {}",
+            "the sandbox does not isolate: {}",
             failures.join("; ")
         ))
     }
