@@ -76,6 +76,22 @@ fn vm_ids(pool: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits for a Ready VM in the pool; its id.
+async fn first_ready_vm(api: &Api) -> String {
+    eventually(LONG, "a ready VM", || {
+        let api = api.clone();
+        async move {
+            let p = pool(&api).await;
+            let vm = p["vms"]
+                .as_array()?
+                .iter()
+                .find(|v| v["state"] == "ready")?;
+            vm["vm_id"].as_str().map(String::from)
+        }
+    })
+    .await
+}
+
 /// Instances the fake runs (not deleted, not failed by a stockout), by name.
 fn running(fake: &FakeGce) -> Vec<String> {
     fake.instances().into_iter().map(|i| i.name).collect()
@@ -330,18 +346,7 @@ async fn an_unknown_instance_is_adopted_when_its_agent_registers_and_deleted_whe
     let api = replica.api();
     // One game: one VM of the pool's own.
     assert_eq!(api.put_game("g1").await.status, 201);
-    let first = eventually(LONG, "the pool's own VM to be ready", || {
-        let api = api.clone();
-        async move {
-            let p = pool(&api).await;
-            let vm = p["vms"]
-                .as_array()?
-                .iter()
-                .find(|v| v["state"] == "ready")?;
-            vm["vm_id"].as_str().map(String::from)
-        }
-    })
-    .await;
+    let first = first_ready_vm(&api).await;
 
     // Two instances nobody recorded (left by a replica that died mid-create, say): one with
     // a working agent, one whose agent cannot start.
@@ -419,18 +424,7 @@ async fn an_agent_that_loses_redis_deletes_its_own_vm() {
     config.min_vms = 1;
     let replica = Replica::start(config, &redis.url()).await;
     let api = replica.api();
-    eventually(LONG, "a ready VM", || {
-        let api = api.clone();
-        async move {
-            let p = pool(&api).await;
-            p["vms"]
-                .as_array()?
-                .iter()
-                .any(|v| v["state"] == "ready")
-                .then_some(())
-        }
-    })
-    .await;
+    first_ready_vm(&api).await;
     // Redis goes away (with the replica still up, so it is Redis silence, not the lack of a
     // leader, that the agent reacts to), then the replica: nobody is left to delete the VM.
     assert_eq!(running(&fake).len(), 1);
@@ -457,18 +451,7 @@ async fn a_vm_left_without_any_replica_deletes_itself_once_idle() {
     config.min_vms = 1;
     let replica = Replica::start(config, &redis.url()).await;
     let api = replica.api();
-    eventually(LONG, "a ready VM", || {
-        let api = api.clone();
-        async move {
-            let p = pool(&api).await;
-            p["vms"]
-                .as_array()?
-                .iter()
-                .any(|v| v["state"] == "ready")
-                .then_some(())
-        }
-    })
-    .await;
+    first_ready_vm(&api).await;
     let agent = fake.instances()[0].agent_pid.expect("the agent's pid");
     // Every replica goes (scaled to zero); Redis stays. Nobody leads the pool any more.
     replica.stop().await;

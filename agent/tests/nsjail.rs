@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
+use warmpool::model::{ExecutionResult, Job, Outcome};
+mod common;
+use common::{bash, job, python};
 use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
 
 /// One uid range per test (slots never exceed 4).
@@ -65,41 +67,6 @@ fn nsjail_binary() -> Result<PathBuf, String> {
             local.display()
         )
     })
-}
-
-fn limits() -> Limits {
-    Limits {
-        wall_time_ms: 5_000,
-        cpu_time_ms: 5_000,
-        memory_mb: 512,
-        max_output_bytes: 64 * 1024,
-    }
-}
-
-fn job(language: &str, files: &[(&str, &str)]) -> Job {
-    Job {
-        execution_id: "test-execution".into(),
-        game_id: "test-game".into(),
-        language: language.into(),
-        files: files
-            .iter()
-            .map(|(name, content)| FileSpec {
-                name: name.to_string(),
-                content: content.to_string(),
-            })
-            .collect(),
-        stdin: String::new(),
-        args: Vec::new(),
-        limits: limits(),
-    }
-}
-
-fn bash(script: &str) -> Job {
-    job("bash", &[("main.sh", script)])
-}
-
-fn python(source: &str) -> Job {
-    job("python", &[("main.py", source)])
 }
 
 fn config(uid_base: u32, slots: usize, cgroups: CgroupMode, nsjail: PathBuf) -> SandboxConfig {

@@ -15,7 +15,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
+use warmpool::model::{ExecutionResult, Job, Outcome};
+mod common;
+use common::{bash, job, python};
 use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
 
 /// One uid range per test (slots never exceed 4).
@@ -63,41 +65,6 @@ fn base_config() -> SandboxConfig {
         stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
         ..SandboxConfig::default()
     }
-}
-
-fn limits() -> Limits {
-    Limits {
-        wall_time_ms: 5_000,
-        cpu_time_ms: 5_000,
-        memory_mb: 512,
-        max_output_bytes: 64 * 1024,
-    }
-}
-
-fn job(language: &str, files: &[(&str, &str)]) -> Job {
-    Job {
-        execution_id: "test-execution".into(),
-        game_id: "test-game".into(),
-        language: language.into(),
-        files: files
-            .iter()
-            .map(|(name, content)| FileSpec {
-                name: name.to_string(),
-                content: content.to_string(),
-            })
-            .collect(),
-        stdin: String::new(),
-        args: Vec::new(),
-        limits: limits(),
-    }
-}
-
-fn bash(script: &str) -> Job {
-    job("bash", &[("main.sh", script)])
-}
-
-fn python(source: &str) -> Job {
-    job("python", &[("main.py", source)])
 }
 
 async fn sandbox_on(backend: Backend, uid_base: u32, slots: usize) -> Sandbox {

@@ -342,13 +342,13 @@ impl Nsjail {
         let program = match (configured, from_env) {
             (Some(path), _) => path.to_path_buf(),
             (None, Some(path)) => PathBuf::from(path),
-            (None, None) => find_program("nsjail").ok_or_else(|| {
+            (None, None) => super::bwrap::find_program("nsjail").ok_or_else(|| {
                 SandboxError::NsjailUnavailable(format!(
                     "no `nsjail` on PATH and {PATH_ENV} is not set"
                 ))
             })?,
         };
-        if !is_executable(&program) {
+        if !super::bwrap::is_executable(&program) {
             return Err(SandboxError::NsjailUnavailable(format!(
                 "{} is not an executable file",
                 program.display()
@@ -790,22 +790,6 @@ fn root_layout() -> Vec<RootEntry> {
             }
         })
         .collect()
-}
-
-/// The first executable file named `name` on PATH (or the usual directories).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/bin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
