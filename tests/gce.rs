@@ -76,6 +76,42 @@ fn vm_ids(pool: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Kills, when the test ends, whatever still runs as this test's sandbox uids
+/// (`base..base + 10`): an agent killed while bwrap was setting a sandbox up (a preemption
+/// SIGKILLs it) leaves that bwrap blocked for good (see the production-sandbox note). Each test
+/// has its own range, so this never touches another test's sandboxes.
+struct Leftovers(u32);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let uid = std::fs::read_to_string(entry.path().join("status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+                });
+            if uid.is_some_and(|u| (self.0..self.0 + 10).contains(&u)) {
+                eprintln!("killing leftover sandbox process {pid} (uid {uid:?})");
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 /// Waits for a Ready VM in the pool; its id.
 async fn first_ready_vm(api: &Api) -> String {
     eventually(LONG, "a ready VM", || {
@@ -99,6 +135,7 @@ fn running(fake: &FakeGce) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_scales_up_from_zero_on_compute_engine_and_back_to_zero() {
+    let _leftovers = Leftovers(63_300);
     let redis = RedisServer::start().unwrap();
     let fake = fake().await;
     let replica = Replica::start(gce_config("gce-up", &fake, 63_300), &redis.url()).await;
@@ -151,6 +188,7 @@ async fn a_pool_scales_up_from_zero_on_compute_engine_and_back_to_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stockouts_rate_limits_and_lost_answers_make_exactly_one_instance_per_vm() {
+    let _leftovers = Leftovers(63_310);
     let redis = RedisServer::start().unwrap();
     let fake = fake().await;
     fake.set_stockout("zone-a", true);
@@ -200,6 +238,7 @@ async fn stockouts_rate_limits_and_lost_answers_make_exactly_one_instance_per_vm
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_error_fails_the_vm_is_shown_and_is_not_repeated() {
+    let _leftovers = Leftovers(63_320);
     let redis = RedisServer::start().unwrap();
     let fake = fake().await;
     let image = "projects/warmpool-test/global/images/does-not-exist";
@@ -279,6 +318,7 @@ async fn a_configuration_error_fails_the_vm_is_shown_and_is_not_repeated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preempted_vm_moves_its_games_and_loses_no_execution() {
+    let _leftovers = Leftovers(63_330);
     let redis = RedisServer::start().unwrap();
     let fake = fake().await;
     let mut config = gce_config("gce-spot", &fake, 63_330);
@@ -337,6 +377,7 @@ async fn a_preempted_vm_moves_its_games_and_loses_no_execution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_instance_is_adopted_when_its_agent_registers_and_deleted_when_not() {
+    let _leftovers = Leftovers(63_340);
     let redis = RedisServer::start().unwrap();
     let fake = fake().await;
     let mut config = gce_config("gce-orphan", &fake, 63_340);
@@ -418,6 +459,7 @@ async fn an_unknown_instance_is_adopted_when_its_agent_registers_and_deleted_whe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_loses_redis_deletes_its_own_vm() {
+    let _leftovers = Leftovers(63_350);
     let mut redis = RedisServer::start().unwrap();
     let fake = fake().await;
     let mut config = gce_config("gce-deadman", &fake, 63_350);
@@ -445,6 +487,7 @@ async fn an_agent_that_loses_redis_deletes_its_own_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_left_without_any_replica_deletes_itself_once_idle() {
+    let _leftovers = Leftovers(63_360);
     let redis = RedisServer::start().unwrap();
     let fake = fake().await;
     let mut config = gce_config("gce-alone", &fake, 63_360);
@@ -468,6 +511,7 @@ async fn a_vm_left_without_any_replica_deletes_itself_once_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_finishes_the_old_leaders_creates_without_a_second_instance() {
+    let _leftovers = Leftovers(63_370);
     let redis = RedisServer::start().unwrap();
     // No agents: only the provider's side matters here, and records stay provisioning.
     let fake = FakeGce::start(FakeGceConfig {
@@ -524,6 +568,7 @@ async fn a_new_leader_finishes_the_old_leaders_creates_without_a_second_instance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_term_while_running_stops_creating() {
+    let _leftovers = Leftovers(63_380);
     let redis = RedisServer::start().unwrap();
     // Slow operations in a stocked-out first zone: a create that is still running when its
     // operation ends moves on to zone-b, which is what must not happen once the term is lost.
