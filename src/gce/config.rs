@@ -205,6 +205,22 @@ fn is_label_value(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Whether a Redis URL's host is this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn points_at_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn list(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
@@ -307,6 +323,20 @@ impl GceConfig {
                  provides the agent",
             ));
         }
+        let agent_redis_url = self
+            .agent_redis_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| redis_url.to_string());
+        // Against the real API, a loopback Redis is the orchestrator's own view (a sidecar, a
+        // tunnel): the VMs would dial themselves.
+        if self.endpoint.is_none() && points_at_loopback(&agent_redis_url) {
+            return Err(bad(
+                "WARMPOOL_GCE_AGENT_REDIS_URL",
+                "the agents' Redis URL points at loopback, which a VM cannot reach: set the \
+                 address the VMs dial",
+            ));
+        }
         Ok(GceSettings {
             pool: pool.to_string(),
             project,
@@ -325,11 +355,7 @@ impl GceConfig {
             disk_type: self.disk_type.clone(),
             spot: self.spot,
             agent_image: self.agent_image.clone(),
-            agent_redis_url: self
-                .agent_redis_url
-                .clone()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| redis_url.to_string()),
+            agent_redis_url,
             agent_env,
             max_inserts_per_min: self.max_inserts_per_min,
             max_reads_per_min: self.max_reads_per_min,
@@ -476,6 +502,26 @@ mod tests {
         let err = c.settings("games", "redis://r").unwrap_err();
         assert_eq!(err.name, "WARMPOOL_GCE_AGENT_ENV");
         assert!(err.message.contains("PATH"), "{}", err.message);
+    }
+
+    #[test]
+    fn vms_are_not_sent_to_a_loopback_redis_on_the_real_api() {
+        let c = config();
+        for url in [
+            "redis://127.0.0.1:6380",
+            "rediss://:pw@localhost:6379/0",
+            "redis://[::1]:6379",
+        ] {
+            assert_eq!(
+                c.settings("games", url).unwrap_err().name,
+                "WARMPOOL_GCE_AGENT_REDIS_URL",
+                "{url}"
+            );
+        }
+        assert!(c.settings("games", "rediss://:pw@10.0.0.3:6379").is_ok());
+        let mut fake = config();
+        fake.endpoint = Some("http://127.0.0.1:9".into());
+        assert!(fake.settings("games", "redis://127.0.0.1:6380").is_ok());
     }
 
     #[test]

@@ -4,14 +4,24 @@
 pub use async_trait_free::BoxFuture;
 
 /// What a provider needs to create one VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct VmSpec {
     /// Deterministic id (so a retried create cannot make a second VM).
     pub vm_id: String,
     /// Games the VM's agent will take.
     pub capacity: u32,
-    /// A per-VM secret the agent presents when it registers (empty: none).
+    /// A per-VM secret the agent presents when it registers (empty: none). Never printed.
     pub secret: String,
+}
+
+impl std::fmt::Debug for VmSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmSpec")
+            .field("vm_id", &self.vm_id)
+            .field("capacity", &self.capacity)
+            .field("secret", &if self.secret.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
 }
 
 /// Where a VM is in its life, as the provider sees it.
