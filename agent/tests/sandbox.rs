@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use warmpool::model::{ExecutionResult, Job, Outcome};
 mod common;
-use common::{bash, job, python};
+use common::{bash, job, processes_of, python};
 use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
 
 /// One uid range per test (slots never exceed 4).
@@ -175,25 +175,6 @@ async fn assert_isolated(sandbox: &Sandbox, uid_base: u32) {
     if interfaces != ["lo"] {
         refuse("it sees a network interface other than lo");
     }
-}
-
-/// Pids of every process whose real uid is `uid`, zombies included.
-fn processes_of(uid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|status| {
-                    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-                    line.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(uid)
-        })
-        .collect()
 }
 
 /// Waits (with a deadline) until no process of `uid` exists; the leftovers if some remain.

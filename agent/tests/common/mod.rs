@@ -1,5 +1,8 @@
-//! Jobs the sandbox test suites share.
+//! What the agent's test suites share: jobs, processes of a uid, polling with a deadline.
 #![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use warmpool::model::{FileSpec, Job, Limits};
 
@@ -36,4 +39,42 @@ pub fn bash(script: &str) -> Job {
 
 pub fn python(source: &str) -> Job {
     job("python", &[("main.py", source)])
+}
+
+/// Pids of every process whose real uid is `uid`, zombies included.
+pub fn processes_of(uid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+                    line.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(uid)
+        })
+        .collect()
+}
+
+/// Polls `check` until it yields `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
