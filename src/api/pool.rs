@@ -33,8 +33,11 @@ fn inputs_json(state: &AppState, i: &SizingInputs) -> serde_json::Value {
 }
 
 pub(super) async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, ApiError> {
-    let vms = vms::list(&state.store).await?;
+    // Games first, VMs second: a VM takes games only once it is ready, so every game counted
+    // as placed is on a VM the later list shows (at least) ready. The other order could show
+    // 24 games placed on 5 ready VMs of 4 (a sixth turned ready and took 4 between the reads).
     let (placed, pending) = routing::game_counts(&state.store).await?;
+    let vms = vms::list(&state.store).await?;
     let control = reconciler::read_control(&state.store).await?;
     let leader = leader::current(&state.store).await?;
     let formula = state
