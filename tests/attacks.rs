@@ -68,6 +68,8 @@ mod uids {
 }
 /// uids a range may use, from its base.
 const RANGE_WIDTH: u32 = 16;
+/// Sandboxes each attack's agent runs at once (and warm spares it keeps).
+const SLOTS: usize = 2;
 /// What a seccomp `KILL_PROCESS` verdict ends a program with.
 const SIGSYS: i64 = 31;
 
@@ -89,7 +91,7 @@ async fn range(uid_base: u32) -> Range {
         "target",
         AgentOptions {
             uid_base,
-            slots: 2,
+            slots: SLOTS as u32,
             ..Default::default()
         },
     );
@@ -111,13 +113,19 @@ impl Range {
         self.replica.stop().await;
     }
 
-    /// Waits until no process of this range's uids is left on the machine.
+    /// Waits until nothing of this range's uids is left on the machine but the agent's idle
+    /// warm spares (see [`leftovers`]); on a timeout, says what is left.
     async fn nothing_left(&self, what: &str) {
         let (lo, hi) = (self.uid_base, self.uid_base + RANGE_WIDTH);
-        eventually(Duration::from_secs(10), what, || async {
-            (!processes_of_uids(lo, hi)).then_some(())
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let processes = processes_of_uids(lo, hi);
+            let Err(left) = leftovers(&processes, SLOTS) else {
+                return;
+            };
+            assert!(Instant::now() < deadline, "{what}: {left}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -591,15 +599,225 @@ fn memory_cgroup_available() -> bool {
             .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
 }
 
-/// Any process on this machine running as a uid in `lo..hi`.
-fn processes_of_uids(lo: u32, hi: u32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|u| u.parse::<u32>().ok())
-                .is_some_and(|u| (lo..hi).contains(&u))
-        })
-    })
+/// A process of a sandbox uid, as `/proc` shows it.
+#[derive(Debug, Clone)]
+struct Process {
+    pid: u32,
+    ppid: u32,
+    /// The `pid:[inode]` of its pid namespace.
+    pid_ns: String,
+    argv: Vec<String>,
+}
+
+/// Every process on this machine running as a uid in `lo..hi` (one that exits while it is
+/// read is skipped).
+fn processes_of_uids(lo: u32, hi: u32) -> Vec<Process> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        if !field("Uid:").is_some_and(|uid| (lo..hi).contains(&uid)) {
+            continue;
+        }
+        let (Some(ppid), Ok(pid_ns), Ok(cmdline)) = (
+            field("PPid:"),
+            std::fs::read_link(entry.path().join("ns/pid")),
+            std::fs::read(entry.path().join("cmdline")),
+        ) else {
+            continue;
+        };
+        found.push(Process {
+            pid,
+            ppid,
+            pid_ns: pid_ns.to_string_lossy().into_owned(),
+            argv: cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        });
+    }
+    found
+}
+
+/// The agent's warm-spare stub as it waits for a job: `warmpool-agent sandbox-stub FD`, bound
+/// at the agent's `bwrap::STUB_PATH`.
+fn is_waiting_stub(p: &Process) -> bool {
+    p.argv.first().is_some_and(|a| a == "/.warmpool-stub")
+        && p.argv.get(1).is_some_and(|a| a == "sandbox-stub")
+        && p.argv.len() == 3
+}
+
+fn is_bwrap(p: &Process) -> bool {
+    p.argv
+        .first()
+        .is_some_and(|a| a.ends_with("/bwrap") || a == "bwrap")
+}
+
+/// `Ok` when every process of `processes` (a uid range's) belongs to an idle warm spare, at
+/// most `max_spares` of them; else what is left, to print. A spare is a pid namespace of its
+/// own holding exactly bwrap's init and the waiting stub, plus, outside it, the chain of
+/// launcher processes (the agent's reaper shim and the outer bwrap) that leads to it. A
+/// process an execution left behind is in that execution's pid namespace (every sandbox has
+/// its own), which holds something other than a bwrap init and a waiting stub, or in no spare's
+/// chain at all: either way it is reported.
+fn leftovers(processes: &[Process], max_spares: usize) -> Result<(), String> {
+    let report = |why: &str| {
+        let list: Vec<String> = processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "  {} (parent {}, {}): {:?}",
+                    p.pid, p.ppid, p.pid_ns, p.argv
+                )
+            })
+            .collect();
+        Err(format!(
+            "{why}; processes of the range:\n{}",
+            list.join("\n")
+        ))
+    };
+    let mut namespaces: std::collections::BTreeMap<&str, Vec<&Process>> = Default::default();
+    for p in processes {
+        namespaces.entry(&p.pid_ns).or_default().push(p);
+    }
+    let own_ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut accounted = std::collections::HashSet::new();
+    let mut spares = 0;
+    for (ns, members) in &namespaces {
+        if *ns == own_ns {
+            continue; // launchers: accounted for below, through the spares they lead to
+        }
+        let stubs: Vec<&&Process> = members.iter().filter(|p| is_waiting_stub(p)).collect();
+        let spare = members.len() == 2
+            && stubs.len() == 1
+            && members
+                .iter()
+                .any(|p| is_bwrap(p) && stubs[0].ppid == p.pid);
+        if !spare {
+            return report(&format!("pid namespace {ns} is not an idle warm spare"));
+        }
+        spares += 1;
+        // The spare and its launcher chain, up to the first process not of the range.
+        let mut next = Some(stubs[0].pid);
+        while let Some(pid) = next.filter(|pid| accounted.insert(*pid)) {
+            next = processes.iter().find(|p| p.pid == pid).map(|p| p.ppid);
+        }
+    }
+    if spares > max_spares {
+        return report(&format!(
+            "{spares} spares where the agent keeps at most {max_spares}"
+        ));
+    }
+    match processes.iter().find(|p| !accounted.contains(&p.pid)) {
+        Some(p) => report(&format!("process {} belongs to no idle warm spare", p.pid)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod leftover_check {
+    //! The check itself, on made-up process lists: it must see what it is there to see.
+    use super::*;
+
+    fn p(pid: u32, ppid: u32, ns: &str, argv: &[&str]) -> Process {
+        Process {
+            pid,
+            ppid,
+            pid_ns: ns.into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn own() -> String {
+        std::fs::read_link("/proc/self/ns/pid")
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// One spare: the shim (the agent binary), the outer bwrap, then in its own pid namespace
+    /// bwrap's init and the stub.
+    fn spare(base: u32, ns: &str) -> Vec<Process> {
+        let own = own();
+        vec![
+            p(
+                base,
+                1,
+                &own,
+                &["/work/target/debug/warmpool-agent", "--vm-id", "x"],
+            ),
+            p(base + 1, base, &own, &["/usr/bin/bwrap", "--unshare-all"]),
+            p(base + 2, base + 1, ns, &["/usr/bin/bwrap", "--unshare-all"]),
+            p(
+                base + 3,
+                base + 2,
+                ns,
+                &["/.warmpool-stub", "sandbox-stub", "5"],
+            ),
+        ]
+    }
+
+    #[test]
+    fn idle_spares_are_not_leftovers() {
+        assert!(leftovers(&[], 2).is_ok());
+        let two = [spare(100, "pid:[1]"), spare(200, "pid:[2]")].concat();
+        assert!(leftovers(&two, 2).is_ok(), "{:?}", leftovers(&two, 2));
+    }
+
+    #[test]
+    fn survivors_are_leftovers() {
+        // A daemon left in a finished execution's namespace, next to its init.
+        let mut daemon = spare(100, "pid:[1]");
+        daemon.push(p(300, 102, "pid:[9]", &["/usr/bin/bwrap"]));
+        daemon.push(p(301, 300, "pid:[9]", &["sleep", "60"]));
+        assert!(leftovers(&daemon, 2).is_err());
+        // A daemon that joined a spare's namespace, or took the stub's name there.
+        let mut joined = spare(100, "pid:[1]");
+        joined.push(p(301, 102, "pid:[1]", &["sleep", "60"]));
+        assert!(leftovers(&joined, 2).is_err());
+        let mut posing = spare(100, "pid:[1]");
+        posing.push(p(
+            301,
+            102,
+            "pid:[1]",
+            &["/.warmpool-stub", "sandbox-stub", "5"],
+        ));
+        assert!(leftovers(&posing, 2).is_err());
+        // A process outside any namespace that leads to no spare.
+        let mut stray = spare(100, "pid:[1]");
+        stray.push(p(400, 1, &own(), &["sleep", "60"]));
+        assert!(leftovers(&stray, 2).is_err());
+        // A lone stub-shaped namespace whose stub is not bwrap init's child.
+        let orphan = vec![
+            p(500, 1, "pid:[3]", &["/usr/bin/bwrap"]),
+            p(501, 1, "pid:[3]", &["/.warmpool-stub", "sandbox-stub", "5"]),
+        ];
+        assert!(leftovers(&orphan, 2).is_err());
+        // More spares than slots.
+        let three = [
+            spare(100, "pid:[1]"),
+            spare(200, "pid:[2]"),
+            spare(300, "pid:[3]"),
+        ]
+        .concat();
+        assert!(leftovers(&three, 2).is_err());
+    }
 }
