@@ -107,11 +107,10 @@ pub struct Settings {
     /// measure what it costs (`warmpool bench sandbox`).
     #[arg(long, env = "WARMPOOL_SANDBOX_SECCOMP", default_value = "on", value_parser = ["on", "off"])]
     pub sandbox_seccomp: String,
-    /// Warm sandboxes (see `sandbox::warm`): `on` keeps one launched sandbox per slot waiting
-    /// for its job, so a run does not pay for the cgroup, the fork and bwrap's start; `off`
-    /// (the default, until the attack suite tells an idle spare from a leftover) starts every
-    /// run cold. bwrap only.
-    #[arg(long, env = "WARMPOOL_SANDBOX_WARM", default_value = "off", value_parser = ["on", "off"])]
+    /// Warm sandboxes (see `sandbox::warm`): `on` (the default) keeps one launched sandbox per
+    /// slot waiting for its job, so a run does not pay for the cgroup, the fork and the
+    /// sandbox's start; `off` starts every run cold.
+    #[arg(long, env = "WARMPOOL_SANDBOX_WARM", default_value = "on", value_parser = ["on", "off"])]
     pub sandbox_warm: String,
     /// How long ended execution records stay readable (must match the orchestrator's).
     #[arg(long, env = "WARMPOOL_RESULT_TTL_S", default_value_t = 86_400)]

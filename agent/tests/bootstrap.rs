@@ -184,10 +184,10 @@ impl Agent {
             .env("NO_COLOR", "1")
             .env("WARMPOOL_AGENT_SANDBOX", "bwrap")
             .env("WARMPOOL_SANDBOX_CGROUPS", "off")
-            // The agent's default (off) unless the suite runs warm (see tests/sandbox.rs).
+            // The agent's default (on) unless the suite runs cold (see `common::warm_mode`).
             .env(
                 "WARMPOOL_SANDBOX_WARM",
-                std::env::var("WARMPOOL_TEST_SANDBOX_WARM").unwrap_or_else(|_| "off".into()),
+                if common::warm_mode() { "on" } else { "off" },
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -41,6 +41,7 @@ mod uids {
     pub const MISSING: u32 = 62_585;
     pub const CONCURRENCY: u32 = 62_590;
     pub const CPU_KILLED: u32 = 62_595;
+    pub const SIGNALS: u32 = 62_600;
 }
 
 /// The nsjail binary the tests use, or why there is none.
@@ -77,6 +78,9 @@ fn config(uid_base: u32, slots: usize, cgroups: CgroupMode, nsjail: PathBuf) -> 
         work_dir_mb: 16,
         cgroups,
         nsjail: Some(nsjail),
+        // Warm like the agent unless the suite's cold pass (see `common::warm_mode`).
+        warm: common::warm_mode(),
+        stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
         ..SandboxConfig::default()
     }
 }
@@ -249,6 +253,33 @@ async fn python_reads_its_files_stdin_and_args_and_sees_only_the_allowed_environ
     assert_eq!(result.outcome, Outcome::Ok);
     assert_eq!((result.exit_code, result.signal), (Some(0), None));
     assert!(result.memory_kb > 0, "{result:?}");
+}
+
+#[tokio::test]
+async fn the_program_starts_with_default_signal_dispositions_and_only_stdio() {
+    // Warm, the stub is a background child of the jail's init (bash makes a plain background
+    // command ignore SIGINT and SIGQUIT; Python installs its own SIGINT handler only if SIGINT
+    // is not ignored when it starts), and it runs from an inherited fd on the agent binary,
+    // which the program must not inherit (seen: fd 9 without the stub's close-on-exec).
+    let Some(sandbox) = sandbox_or_skip("signals", uids::SIGNALS, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let job = python(
+        "import os, signal\n\
+         print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n\
+         print(signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL)\n\
+         print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n\
+         print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))\n",
+    );
+    let result = run(&sandbox, &job).await;
+    // fd 3: listdir's own.
+    assert_eq!(
+        result.stdout, "True\nTrue\nTrue\n[0, 1, 2, 3]\n",
+        "{result:?}"
+    );
+    // Twice: the second run is on the spare refilled after the first (when warm).
+    let again = run(&sandbox, &job).await;
+    assert_eq!(again.stdout, result.stdout, "{again:?}");
 }
 
 #[tokio::test]

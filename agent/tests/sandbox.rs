@@ -53,15 +53,14 @@ mod uids {
     pub const STALE: u32 = 61_270;
 }
 
-/// Every test here runs cold (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=on`,
-/// which runs the whole suite on warm sandboxes: run it both ways (the tests named for warm
-/// spares always run warm). Warm, a slot keeps a spare sandbox of its uid between runs, so the
+/// Every test here runs warm (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=off`
+/// (see [`common::warm_mode`]; `make test` runs it both ways; the tests named for warm or cold
+/// always run so). Warm, a slot keeps a spare sandbox of its uid between runs, so the
 /// "nothing left behind" checks call `Sandbox::shutdown` (which kills the spares) first: what
 /// they look for is anything of a finished run, which shutdown does not touch.
 fn base_config() -> SandboxConfig {
-    let warm = std::env::var("WARMPOOL_TEST_SANDBOX_WARM").is_ok_and(|v| v == "on");
     SandboxConfig {
-        warm,
+        warm: common::warm_mode(),
         stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
         ..SandboxConfig::default()
     }

@@ -6,6 +6,8 @@
 //! as a non-root uid, with only `lo` and a process limit: should the filter be missing, they
 //! still meet a sandbox, not the host.
 
+mod common;
+
 use std::time::Duration;
 
 use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
@@ -63,9 +65,9 @@ async fn sandbox(uid_base: u32, seccomp: bool) -> Sandbox {
         slots: 1,
         work_dir_mb: 16,
         seccomp,
-        // Cold (the agent's default) unless WARMPOOL_TEST_SANDBOX_WARM=on: the filter must
-        // hold on both paths, and on the warm one it also binds the stub.
-        warm: std::env::var("WARMPOOL_TEST_SANDBOX_WARM").is_ok_and(|v| v == "on"),
+        // Warm (the agent's default) unless the cold pass (see `common::warm_mode`): the
+        // filter must hold on both paths, and on the warm one it also binds the stub.
+        warm: common::warm_mode(),
         stub: Some(env!("CARGO_BIN_EXE_warmpool-agent").into()),
         ..SandboxConfig::default()
     })

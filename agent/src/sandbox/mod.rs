@@ -29,9 +29,9 @@
 //!
 //! Not yet: a CPU share per execution (`cpu.max`).
 //!
-//! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM=on`, bwrap
-//! only; off by default) every row above holds unchanged: the sandbox is the same, only launched before its job
-//! came, with the agent binary as a stub in place of the program (see `warm`). The stub runs
+//! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM`, on by
+//! default, either backend) every row above holds unchanged: the sandbox is the same, only
+//! launched before its job came, with the agent binary as a stub in place of the program (see `warm`). The stub runs
 //! under the same uid, namespaces, capabilities and seccomp filter as the program it then
 //! becomes; it writes the job's files (`O_CREAT|O_EXCL|O_NOFOLLOW`) and lowers its CPU (and,
 //! without a memory cgroup, address-space) limits to the job's. The job's memory limit is
@@ -153,9 +153,9 @@ pub struct SandboxConfig {
     /// The nsjail binary for [`Backend::Nsjail`]; `None`: `WARMPOOL_SANDBOX_NSJAIL`, else
     /// `nsjail` on PATH.
     pub nsjail: Option<PathBuf>,
-    /// Keep a warm spare sandbox per slot (see `warm`; bwrap only). Off by default (and the
-    /// agent's `WARMPOOL_SANDBOX_WARM` too: see `warm`'s caveats); on, `stub` must name the
-    /// agent binary when the caller (a test) is not it.
+    /// Keep a warm spare sandbox per slot (see `warm`; bwrap and nsjail). The agent turns it on
+    /// by default (`WARMPOOL_SANDBOX_WARM`); this struct's default is off because on, `stub`
+    /// must name the agent binary whenever the caller (a test) is not it.
     pub warm: bool,
     /// The agent binary that serves as the warm sandboxes' stub; `None`: this executable.
     pub stub: Option<PathBuf>,
@@ -283,8 +283,13 @@ impl Sandbox {
                 Launcher::Process
             }
         };
-        let warm = match (&launcher, cfg.warm) {
-            (Launcher::Bwrap(bwrap), true) => {
+        let warm_launch = match &launcher {
+            Launcher::Bwrap(bwrap) => Some(warm::Launch::Bwrap(bwrap.clone())),
+            Launcher::Nsjail(nsjail) => Some(warm::Launch::Nsjail(nsjail.clone())),
+            Launcher::Process => None,
+        };
+        let warm = match (warm_launch, cfg.warm) {
+            (Some(launch), true) => {
                 let stub = match &cfg.stub {
                     Some(path) => path.clone(),
                     None => std::env::current_exe().map_err(|source| SandboxError::Prepare {
@@ -294,7 +299,7 @@ impl Sandbox {
                 };
                 let protections = cgroups.as_ref().map(cgroup::Cgroups::protections);
                 let preparer = warm::Preparer {
-                    bwrap: bwrap.clone(),
+                    launch,
                     cgroups: cgroups.clone(),
                     stub: warm::Preparer::open_stub(&stub)?,
                     work_dir_mb: cfg.work_dir_mb,
@@ -310,7 +315,8 @@ impl Sandbox {
             (_, true) => {
                 tracing::warn!(
                     backend = %cfg.backend,
-                    "warm sandboxes: off (implemented for bwrap only); every run starts cold"
+                    "warm sandboxes: off (a `process` run has no sandbox to keep warm); every \
+                     run starts cold"
                 );
                 None
             }
@@ -467,8 +473,11 @@ impl Sandbox {
             address_space_mb,
             protections.is_some_and(|p| p.pids),
         );
-        if let Some(warm) = &self.warm {
-            let mut spare = warm.take(slot.index, uid).await?;
+        let spare = match &self.warm {
+            Some(warm) => warm.take(slot.index, uid, &plan.limits).await?,
+            None => None,
+        };
+        if let (Some(warm), Some(mut spare)) = (&self.warm, spare) {
             match spare.begin(plan.limits.memory_mb) {
                 Ok(()) => {
                     let (finished, cgroup) = spare.run(plan, &rlimits).await?;

@@ -156,6 +156,26 @@ unset PWD OLDPWD SHLVL _
 exit $?
 "#;
 
+/// pid 1 of a warm sandbox (see `warm`). Arguments: the fd to become the stub's stderr, the fd
+/// on the agent binary, the job pipe's fd. Starts the stub (the agent binary, exec'd through
+/// its fd: nsjail cannot bind an fd's file into the jail, and the slot uid may not traverse
+/// the binary's directories) as a child with the real stderr, closes its own copies of the two
+/// fds, and waits: it stays pid 1 and exits with the program's status, as [`LOADER`] does.
+/// In the background so that the shell can close the fds; `<&0` because bash would give a
+/// background command `/dev/null` for stdin. A subshell that `exec`s, as in [`LOADER`]: a
+/// plain background command would get `_` and `SHLVL` exported into its environment, and
+/// SIGINT and SIGQUIT ignored (the stub resets every signal before it execs the program).
+pub(super) const STUB_LOADER: &str = r#"umask 022
+err=$1 stub=$2 job=$3
+bad() { echo "warmpool-init failed: $*" >&2; exit 125; }
+[[ $err =~ ^[0-9]+$ && $stub =~ ^[0-9]+$ && $job =~ ^[0-9]+$ ]] || bad "bad arguments"
+unset PWD OLDPWD SHLVL _
+( exec "/proc/self/fd/$stub" sandbox-stub "$job" 2>&"$err" {err}>&- ) <&0 &
+exec {stub}<&- {job}<&-
+wait $!
+exit $?
+"#;
+
 /// `personality` with any persona but the usual ones fails with EPERM: Linux (0), 32-bit
 /// (`PER_LINUX32`, 0x8), with `UNAME26` (0x20000, 0x20008), and the query 0xffffffff, compared
 /// on the low 32 bits, which is what the kernel reads. An odd persona (`READ_IMPLIES_EXEC`,
@@ -221,7 +241,7 @@ fn kafel_policy(arch: seccomp::Arch) -> String {
 }
 
 /// nsjail and what it needs to know about this host, found once at start-up.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Nsjail {
     program: PathBuf,
     /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
@@ -301,6 +321,12 @@ impl JailFds {
         let mut fds = vec![self.config.as_raw_fd(), self.log_read.as_raw_fd()];
         fds.extend(self.files.iter().map(bwrap::MemFile::raw_fd));
         fds
+    }
+
+    /// What nsjail and the loader reported as failures so far: why a warm jail never got
+    /// ready, say. Empty if nothing.
+    pub fn failures_so_far(&self) -> String {
+        failures_in_log(&read_nonblocking(&self.log_read, LOG_CAP)).join("; ")
     }
 
     /// Reads nsjail's log and, if nsjail or the loader failed (rather than the program),
@@ -428,33 +454,73 @@ impl Nsjail {
         wall_time_ms: u64,
     ) -> Result<(Command, JailFds), SandboxError> {
         let job_files = bwrap::memfds(files)?;
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let pass: Vec<RawFd> = job_files.iter().map(bwrap::MemFile::raw_fd).collect();
+        self.launch(
+            uid,
+            work_dir_mb,
+            time_limit_s(wall_time_ms),
+            &pass,
+            job_files,
+            |config_fd, stderr_fd, files| nsjail_args(config_fd, stderr_fd, files, &names, argv),
+        )
+    }
+
+    /// A warm sandbox (see `warm`): the same jail, with [`STUB_LOADER`] as its init and the
+    /// agent binary (`stub`, an `O_PATH` fd) as the stub reading its job from `job_fd`, and
+    /// `time_limit_s` as the backstop (the job's wall time is not known yet).
+    pub fn prepare_stub(
+        &self,
+        stub: RawFd,
+        job_fd: RawFd,
+        uid: u32,
+        work_dir_mb: u64,
+        time_limit_s: u64,
+    ) -> Result<(Command, JailFds), SandboxError> {
+        self.launch(
+            uid,
+            work_dir_mb,
+            time_limit_s,
+            &[stub, job_fd],
+            Vec::new(),
+            |config_fd, stderr_fd, _| stub_args(config_fd, stderr_fd, stub, job_fd),
+        )
+    }
+
+    /// The command of a jail whose command line (`args`, given the configuration's and the
+    /// program stderr's fds) passes `pass` on, and the fds to hold until the run is over.
+    fn launch(
+        &self,
+        uid: u32,
+        work_dir_mb: u64,
+        time_limit_s: u64,
+        pass: &[RawFd],
+        job_files: Vec<bwrap::MemFile>,
+        args: impl FnOnce(RawFd, RawFd, &[bwrap::MemFile]) -> Vec<OsString>,
+    ) -> Result<(Command, JailFds), SandboxError> {
         let (log_read, log_write) = log_pipe().map_err(|source| SandboxError::Prepare {
             context: "creating nsjail's log pipe",
             source,
         })?;
         let stderr_fd = log_read.as_raw_fd();
         let mut pass_fds = vec![stderr_fd];
-        pass_fds.extend(job_files.iter().map(bwrap::MemFile::raw_fd));
+        pass_fds.extend_from_slice(pass);
         let params = JailParams {
             uid,
             work_dir_mb,
-            time_limit_s: time_limit_s(wall_time_ms),
+            time_limit_s,
             pass_fds,
         };
         let config = memfd_with(&self.config(&params)).map_err(|source| SandboxError::Prepare {
             context: "writing nsjail's configuration to a memfd",
             source,
         })?;
-        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
         let mut command = Command::new(&self.program);
         // nsjail itself gets no environment either: the agent's may hold secrets.
-        command.env_clear().current_dir("/").args(nsjail_args(
-            config.as_raw_fd(),
-            stderr_fd,
-            &job_files,
-            &names,
-            argv,
-        ));
+        command
+            .env_clear()
+            .current_dir("/")
+            .args(args(config.as_raw_fd(), stderr_fd, &job_files));
         let log_write_fd = log_write.as_raw_fd();
         let mut arch_lock = self.seccomp.as_ref().map(Seccomp::arch_lock_filter);
         // SAFETY: the hook makes only async-signal-safe syscalls on values it owns and
@@ -597,6 +663,18 @@ fn nsjail_args(
         args.push(OsString::from(*name));
     }
     args.extend(argv.iter().map(OsString::from));
+    args
+}
+
+/// A warm jail's command line: the configuration, then after `--` [`STUB_LOADER`] and its fds.
+fn stub_args(config_fd: RawFd, stderr_fd: RawFd, stub: RawFd, job_fd: RawFd) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--config".into(),
+        format!("/proc/self/fd/{config_fd}").into(),
+        "--".into(),
+    ];
+    args.extend([SHELL, "-c", STUB_LOADER, LOADER_NAME].map(OsString::from));
+    args.extend([stderr_fd, stub, job_fd].map(|fd| OsString::from(fd.to_string())));
     args
 }
 

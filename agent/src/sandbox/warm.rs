@@ -1,12 +1,20 @@
-//! Warm sandboxes: one spare per slot, launched ahead of its job, used once and discarded.
+//! Warm sandboxes: one spare per slot, launched ahead of its job, used once and discarded. On
+//! by default (the agent's `WARMPOOL_SANDBOX_WARM`), for both backends.
 //!
 //! # What a spare is
 //! Everything a cold run does before its program starts, done while the slot is idle: the
 //! execution's cgroup created (memory limit [`PREPARE_MEMORY_MB`], `pids.max`), the launcher
-//! forked, dropped to the slot's uid, under the reaper shim, and bwrap started with every
+//! forked, dropped to the slot's uid, under the reaper shim, and the sandbox started with every
 //! namespace, mount and tmpfs and the seccomp filter; inside, in place of the program, the
-//! **stub**: the agent binary itself, bound read-only at `bwrap::STUB_PATH` and run as
-//! `warmpool-agent sandbox-stub FD`, blocked reading the inherited pipe `FD`.
+//! **stub**: the agent binary itself, run as `warmpool-agent sandbox-stub FD`, blocked reading
+//! the inherited pipe `FD`.
+//! - bwrap: the binary is bound read-only at `bwrap::STUB_PATH` and bwrap execs it there.
+//! - nsjail: nsjail cannot bind an fd's file into the jail (and the slot uid may not traverse
+//!   the binary's directories), so the jail's init (`nsjail::STUB_LOADER`, the cold loader's
+//!   twin) execs it through its inherited `O_PATH` fd as `/proc/self/fd/N`, closes its own
+//!   copy, and stays pid 1 as in a cold jail. nsjail's `time_limit` backstop is set before the
+//!   job is known: [`MAX_AGE`] plus [`NSJAIL_MAX_WARM_WALL`]; a job with a longer wall time
+//!   runs cold, with its own.
 //!
 //! # Expected flow
 //! 1. After a slot's execution ended, [`Warm::refill`] prepares the slot's next spare in the
@@ -24,8 +32,10 @@
 //!    stdin as in a cold run, and is supervised exactly as one (`child::Spawned::supervise`).
 //! 4. The stub ([`stub_main`]) reads the message to end-of-file, writes each file into `/work`
 //!    with `O_CREAT|O_EXCL|O_NOFOLLOW`, lowers `RLIMIT_CPU` (and `RLIMIT_AS` without a memory
-//!    cgroup) to the job's, closes the pipe and execs the program: from there on the process
-//!    is the program, in the same namespaces, cgroup and seccomp filter as a cold one.
+//!    cgroup) to the job's, closes the pipe, marks every fd but 0-2 close-on-exec (under
+//!    nsjail it holds the agent binary's fd), resets every signal to its default action
+//!    (whatever a launcher left ignored) and execs the program: from there on the process is
+//!    the program, in the same namespaces, cgroup and seccomp filter as a cold one.
 //!
 //! # Guarantees
 //! - Used once: a spare is taken out of its slot before the hand-over and never put back; its
@@ -57,27 +67,26 @@
 //! on every use, since a spare must never go back) would only hide it.
 //!
 //! # Caveats
-//! - bwrap only. With nsjail the setting is logged as off: its per-run configuration (wall
-//!   time backstop, limits in the config) would need the same split.
-//! - A spare holds its uid's processes (shim, bwrap, init, stub): 4 of `RLIMIT_NPROC`'s 64,
-//!   but only while its slot is idle (a spare is prepared only once the slot's run ended).
+//! - A spare holds its uid's processes (shim, bwrap, init, stub; under nsjail shim, nsjail,
+//!   init, stub): 4 of `RLIMIT_NPROC`'s 64, but only while its slot is idle (a spare is
+//!   prepared only once the slot's run ended).
+//! - An idle agent always has processes of its slot uids. `tests/attacks.rs`' "nothing left"
+//!   check tells a spare from a leftover by its shape (a pid namespace holding exactly the
+//!   sandbox's init and a waiting stub, one per slot at most, plus the launchers leading to it).
 //! - The stub is the agent binary: the program can read it at `bwrap::STUB_PATH`. It holds no
 //!   secret (those come from the environment and metadata, never the binary).
 //! - A spare that dies while it waits is replaced at its job ([`Warm::take`] checks it); one
 //!   killed in the very instant of its hand-over ends that job as killed (`runtime_error`,
 //!   signal 9), as a cold sandbox killed while it starts would.
-//! - **Why off by default** (`WARMPOOL_SANDBOX_WARM=off`): an idle agent always has sandbox
-//!   processes of its slot uids, which `tests/attacks.rs`' "nothing left" check counts as
-//!   leftovers (its daemon and fork-bomb attacks fail on that check alone when warm). And a
-//!   refill runs after every execution: an agent killed (SIGKILL) while one is in bwrap's
+//! - A refill runs after every execution: an agent killed (SIGKILL) while one is in bwrap's
 //!   set-up leaves bwrap's inner process behind, blocked for ever on the eventfd by which the
 //!   outer bwrap (killed by its parent-death signal) would have released it; the inner one
 //!   has no parent-death signal yet. Seen here, and in cold runs too (an agent killed during
-//!   a run's start); warm makes the window follow every run. A graceful stop
-//!   ([`Warm::shutdown`]) leaves nothing, and with cgroups the next agent's start kills what a
-//!   dead agent left in its cgroups (see `cgroup`); without cgroups it stays. To turn warm on
-//!   by default, the attack suite must stop its agent before it looks (or tell a spare from a
-//!   leftover).
+//!   a run's start); warm makes the window follow every run. On a VM the agent is pid 1 of
+//!   its container's pid namespace, so its death makes the kernel kill everything in the
+//!   container, that process included. Outside a container (development, these tests) a
+//!   graceful stop ([`Warm::shutdown`]) leaves nothing, and with cgroups the next agent's
+//!   start kills what a dead agent left in its cgroups (see `cgroup`); without, it stays.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -93,7 +102,8 @@ use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::cgroup::{Cgroups, ExecCgroup};
-use super::{bwrap, check_file_name, child, Plan, SandboxError, Slot};
+use super::{bwrap, check_file_name, child, nsjail, Plan, SandboxError, Slot};
+use warmpool::model::Limits;
 
 /// The agent's subcommand that runs the stub (`main` dispatches on it before anything else).
 pub const STUB_COMMAND: &str = "sandbox-stub";
@@ -102,6 +112,13 @@ pub(super) const PREPARE_MEMORY_MB: u64 = 64;
 /// A spare older than this is discarded and prepared afresh at its next job: anything the host
 /// changed under it since (an upgraded `/usr` still bound at its old inodes) is then picked up.
 pub(super) const MAX_AGE: Duration = Duration::from_secs(10 * 60);
+/// The longest wall time a job may have to run in an nsjail spare, whose backstop
+/// ([`NSJAIL_SPARE_TIME_LIMIT_S`]) is set before the job is known; longer jobs run cold, with a
+/// backstop of their own.
+pub(super) const NSJAIL_MAX_WARM_WALL: Duration = Duration::from_secs(5 * 60);
+/// nsjail's `time_limit` for a spare: its whole life ([`MAX_AGE`] at most) and then the
+/// longest job it takes, plus a second, so that it never fires before the agent's own deadline.
+const NSJAIL_SPARE_TIME_LIMIT_S: u64 = MAX_AGE.as_secs() + NSJAIL_MAX_WARM_WALL.as_secs() + 1;
 /// How long a spare may take to come up before its preparation counts as failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The stub's ready byte, on its stdout before it reads its job.
@@ -115,9 +132,23 @@ const MAX_MESSAGE: u64 = 1 << 30;
 const STUB_FAILED: i32 = 125;
 const EXEC_FAILED: i32 = 127;
 
+/// The backend that launches spares.
+pub(super) enum Launch {
+    Bwrap(bwrap::Bwrap),
+    Nsjail(nsjail::Nsjail),
+}
+
+/// What a spare's launch holds open until its run is over.
+enum Held {
+    /// The seccomp filter's memfd: bwrap read it long ago.
+    Bwrap(bwrap::Inputs),
+    /// nsjail's configuration and log; the log is read after the run.
+    Nsjail(nsjail::JailFds),
+}
+
 /// What a spare needs to be made: copies of the sandbox's own, so refills run on their own.
 pub(super) struct Preparer {
-    pub bwrap: bwrap::Bwrap,
+    pub launch: Launch,
     pub cgroups: Option<Cgroups>,
     /// An `O_PATH` fd on the agent binary, bound into each sandbox with `--ro-bind-fd` (the
     /// slot uid may not traverse the directories of its path).
@@ -142,6 +173,15 @@ impl Preparer {
             })
     }
 
+    /// Whether a spare can take a job of these limits: any under bwrap; under nsjail one whose
+    /// wall time is within [`NSJAIL_MAX_WARM_WALL`] (the spare's backstop was set before).
+    fn fits(&self, limits: &Limits) -> bool {
+        match self.launch {
+            Launch::Bwrap(_) => true,
+            Launch::Nsjail(_) => Duration::from_millis(limits.wall_time_ms) <= NSJAIL_MAX_WARM_WALL,
+        }
+    }
+
     /// Launches a spare for the slot running as `uid`; returns once its stub is ready.
     pub async fn prepare(&self, uid: u32) -> Result<Prepared, SandboxError> {
         let cgroup = self
@@ -157,15 +197,29 @@ impl Preparer {
             context: "creating the warm sandbox's job pipe",
             source,
         })?;
-        let inputs = self.bwrap.inputs(&[])?;
-        let command = self.bwrap.stub_command(
-            self.stub.as_raw_fd(),
-            job_rx.as_raw_fd(),
-            &inputs,
-            self.work_dir_mb,
-        );
-        let mut inherit = inputs.raw_fds();
-        inherit.extend([self.stub.as_raw_fd(), job_rx.as_raw_fd()]);
+        let (stub, job) = (self.stub.as_raw_fd(), job_rx.as_raw_fd());
+        let (command, held) = match &self.launch {
+            Launch::Bwrap(bwrap) => {
+                let inputs = bwrap.inputs(&[])?;
+                let command = bwrap.stub_command(stub, job, &inputs, self.work_dir_mb);
+                (command, Held::Bwrap(inputs))
+            }
+            Launch::Nsjail(nsjail) => {
+                let (command, fds) = nsjail.prepare_stub(
+                    stub,
+                    job,
+                    uid,
+                    self.work_dir_mb,
+                    NSJAIL_SPARE_TIME_LIMIT_S,
+                )?;
+                (command, Held::Nsjail(fds))
+            }
+        };
+        let mut inherit = match &held {
+            Held::Bwrap(inputs) => inputs.raw_fds(),
+            Held::Nsjail(fds) => fds.inherit(),
+        };
+        inherit.extend([stub, job]);
         let mut setup = child::Setup::new(Some(uid), self.rlimits, inherit);
         setup.cgroup_procs = cgroup
             .as_ref()
@@ -175,25 +229,33 @@ impl Preparer {
         let mut spawned = child::spawn(command, setup, child::Kind::Bwrap)?;
         // Only the stub holds the read end now: if it dies, the hand-over sees EPIPE.
         drop(job_rx);
-        match tokio::time::timeout(READY_TIMEOUT, spawned.read_ready(READY)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
-                return Err(SandboxError::Prepare {
-                    context: "starting the warm sandbox (its stub never got ready)",
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(SandboxError::Prepare {
-                    context: "starting the warm sandbox",
-                    source: io::Error::new(io::ErrorKind::TimedOut, "the stub never got ready"),
-                })
-            }
+        let failed = match tokio::time::timeout(READY_TIMEOUT, spawned.read_ready(READY)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(source)) => Some(source),
+            Err(_) => Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the stub never got ready",
+            )),
+        };
+        if let Some(source) = failed {
+            // nsjail says why in its log (a mount it could not make, say).
+            let log = match &held {
+                Held::Nsjail(fds) => fds.failures_so_far(),
+                Held::Bwrap(_) => String::new(),
+            };
+            let source = match log.is_empty() {
+                true => source,
+                false => io::Error::new(source.kind(), format!("{source}; nsjail: {log}")),
+            };
+            return Err(SandboxError::Prepare {
+                context: "starting the warm sandbox (its stub never got ready)",
+                source,
+            });
         }
         Ok(Prepared {
             spawned,
             job_tx,
-            _inputs: inputs,
+            held,
             cgroup,
             made: Instant::now(),
         })
@@ -205,8 +267,8 @@ impl Preparer {
 pub(super) struct Prepared {
     spawned: child::Spawned,
     job_tx: OwnedFd,
-    /// The seccomp filter's memfd: bwrap read it long ago; closed with the spare.
-    _inputs: bwrap::Inputs,
+    /// Closed with the spare.
+    held: Held,
     cgroup: Option<ExecCgroup>,
     made: Instant,
 }
@@ -249,14 +311,17 @@ impl Prepared {
         let Prepared {
             spawned,
             job_tx,
-            _inputs,
+            held,
             cgroup,
-            made: _,
+            ..
         } = self;
         let message = encode_job(plan, rlimits);
-        let finished = spawned
+        let mut finished = spawned
             .supervise(Some((job_tx, message)), plan.stdin, &plan.limits)
             .await?;
+        if let Held::Nsjail(fds) = held {
+            fds.finish(&mut finished);
+        }
         Ok((finished, cgroup))
     }
 }
@@ -284,11 +349,24 @@ impl Warm {
         self.lock().get(slot).is_some_and(Option::is_some)
     }
 
-    /// The slot's spare if it is still usable, else a sandbox prepared now.
-    pub async fn take(&self, slot: usize, uid: u32) -> Result<Prepared, SandboxError> {
+    /// The slot's spare if it is still usable, else a sandbox prepared now; `None` when no
+    /// spare can take a job of these `limits` (a wall time past an nsjail spare's backstop):
+    /// the slot's spare is then discarded, and the job runs cold.
+    pub async fn take(
+        &self,
+        slot: usize,
+        uid: u32,
+        limits: &Limits,
+    ) -> Result<Option<Prepared>, SandboxError> {
         let spare = self.lock().get_mut(slot).and_then(Option::take);
+        if !self.preparer.fits(limits) {
+            if let Some(spare) = spare {
+                spare.discard().await;
+            }
+            return Ok(None);
+        }
         match spare {
-            Some(spare) if spare.usable() => return Ok(spare),
+            Some(spare) if spare.usable() => return Ok(Some(spare)),
             Some(stale) => {
                 tracing::info!(
                     slot,
@@ -298,7 +376,7 @@ impl Warm {
             }
             None => {}
         }
-        self.preparer.prepare(uid).await
+        self.preparer.prepare(uid).await.map(Some)
     }
 
     /// Prepares `slot`'s next spare in the background, holding the slot until it is in place.
@@ -536,6 +614,10 @@ pub fn stub_main(args: &[OsString]) -> ! {
     if let Some(bytes) = job.address_space_bytes {
         limit(libc::RLIMIT_AS, bytes, bytes);
     }
+    if let Err(e) = close_on_exec_from(3) {
+        fail(STUB_FAILED, &format_args!("closing inherited fds: {e}"));
+    }
+    reset_signal_dispositions();
     let program = PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&job.argv[0])));
     // std resets SIGPIPE (which its runtime ignores) and the signal mask before the exec.
     let error = std::process::Command::new(&program)
@@ -545,6 +627,47 @@ pub fn stub_main(args: &[OsString]) -> ! {
         EXEC_FAILED,
         &format_args!("exec {}: {error}", program.display()),
     )
+}
+
+/// Marks every fd from `first` on close-on-exec, so that the program inherits only stdin,
+/// stdout and stderr (under nsjail the stub runs from an inherited fd on the agent binary).
+fn close_on_exec_from(first: libc::c_uint) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes flags of this process's fds.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return Ok(());
+    }
+    // Kernels before 5.11: one by one. Collected first: the directory's own fd is among them.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &RawFd| fd >= first as RawFd)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on an fd number; one that closed meanwhile fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Every signal back to its default action: the program must start as a cold run's does,
+/// whatever the stub inherited (bash ignores SIGINT and SIGQUIT for a background command, as
+/// under nsjail's loader). Signals that cannot be changed are skipped.
+fn reset_signal_dispositions() {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: installs the default disposition; no handler code is involved.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -78,3 +78,10 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Whether the sandbox suites run warm, as the agent does by default: yes unless
+/// `WARMPOOL_TEST_SANDBOX_WARM=off`, which `make test` sets for a second, cold pass of the
+/// sandbox and nsjail suites (so both ways are tested on every run).
+pub fn warm_mode() -> bool {
+    std::env::var("WARMPOOL_TEST_SANDBOX_WARM").map_or(true, |v| v != "off")
+}
