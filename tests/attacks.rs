@@ -1,4 +1,4 @@
-//! Hostile programs through the real API, to a real agent, in a real bwrap sandbox. Before any
+//! Hostile programs through the real API, to a real agent, in a real bwrap (or nsjail) sandbox. Before any
 //! attack fires, a probe run through the same path proves isolation (non-root uid, no network
 //! interface but `lo`, a process limit in force); without it the suite refuses to run, since a
 //! fork or memory bomb outside a sandbox takes the machine down. After every attack the agent
@@ -7,9 +7,10 @@
 //! One test per attack, each on its own pool, agent and uid range, so that the runner's summary
 //! is the count: `cargo nextest run -p warmpool --test attacks` (after
 //! `cargo build --workspace --bins`) ends with "N tests run: N passed", attacks tried /
-//! contained (the figure in `docs/BENCHMARKS.md`). Outcomes are those the `bwrap` backend must
-//! get with per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`) and its seccomp filter
-//! (`WARMPOOL_SANDBOX_SECCOMP=on`), the defaults.
+//! contained (the figure in `docs/BENCHMARKS.md`). Outcomes are those the agent must get with
+//! its defaults: per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`), the seccomp filter
+//! (`WARMPOOL_SANDBOX_SECCOMP=on`) and warm spares (`WARMPOOL_SANDBOX_WARM=on`), on bwrap, and
+//! on nsjail with `WARMPOOL_TEST_ATTACK_SANDBOX=nsjail` (`make test` runs both).
 //!
 //! | test | attack | must end |
 //! | --- | --- | --- |
@@ -92,6 +93,7 @@ async fn range(uid_base: u32) -> Range {
         AgentOptions {
             uid_base,
             slots: SLOTS as u32,
+            sandbox: backend(),
             ..Default::default()
         },
     );
@@ -126,6 +128,16 @@ impl Range {
             assert!(Instant::now() < deadline, "{what}: {left}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// The agent's sandbox backend: bwrap unless `WARMPOOL_TEST_ATTACK_SANDBOX=nsjail` (`make test`
+/// runs the suite once more so, with `WARMPOOL_SANDBOX_NSJAIL` naming the pinned binary).
+fn backend() -> &'static str {
+    match std::env::var("WARMPOOL_TEST_ATTACK_SANDBOX").as_deref() {
+        Err(_) | Ok("bwrap") => "bwrap",
+        Ok("nsjail") => "nsjail",
+        Ok(other) => panic!("WARMPOOL_TEST_ATTACK_SANDBOX={other}: expected bwrap or nsjail"),
     }
 }
 
@@ -656,26 +668,34 @@ fn processes_of_uids(lo: u32, hi: u32) -> Vec<Process> {
 }
 
 /// The agent's warm-spare stub as it waits for a job: `warmpool-agent sandbox-stub FD`, bound
-/// at the agent's `bwrap::STUB_PATH`.
+/// at the agent's `bwrap::STUB_PATH` under bwrap, exec'd through its fd under nsjail.
 fn is_waiting_stub(p: &Process) -> bool {
-    p.argv.first().is_some_and(|a| a == "/.warmpool-stub")
+    p.argv
+        .first()
+        .is_some_and(|a| a == "/.warmpool-stub" || a.starts_with("/proc/self/fd/"))
         && p.argv.get(1).is_some_and(|a| a == "sandbox-stub")
         && p.argv.len() == 3
 }
 
-fn is_bwrap(p: &Process) -> bool {
-    p.argv
+/// A sandbox's init: bwrap's own, or nsjail's loader (`bash -c SCRIPT warmpool-init …`).
+fn is_sandbox_init(p: &Process) -> bool {
+    let bwrap = p
+        .argv
         .first()
-        .is_some_and(|a| a.ends_with("/bwrap") || a == "bwrap")
+        .is_some_and(|a| a.ends_with("/bwrap") || a == "bwrap");
+    let nsjail_loader = p.argv.first().is_some_and(|a| a == "/bin/bash")
+        && p.argv.get(1).is_some_and(|a| a == "-c")
+        && p.argv.get(3).is_some_and(|a| a == "warmpool-init");
+    bwrap || nsjail_loader
 }
 
 /// `Ok` when every process of `processes` (a uid range's) belongs to an idle warm spare, at
 /// most `max_spares` of them; else what is left, to print. A spare is a pid namespace of its
-/// own holding exactly bwrap's init and the waiting stub, plus, outside it, the chain of
-/// launcher processes (the agent's reaper shim and the outer bwrap) that leads to it. A
-/// process an execution left behind is in that execution's pid namespace (every sandbox has
-/// its own), which holds something other than a bwrap init and a waiting stub, or in no spare's
-/// chain at all: either way it is reported.
+/// own holding exactly the sandbox's init and the waiting stub, plus, outside it, the chain of
+/// launcher processes (the agent's reaper shim and the outer bwrap or nsjail) that leads to
+/// it. A process an execution left behind is in that execution's pid namespace (every sandbox
+/// has its own), which holds something other than an init and a waiting stub, or in no
+/// spare's chain at all: either way it is reported.
 fn leftovers(processes: &[Process], max_spares: usize) -> Result<(), String> {
     let report = |why: &str| {
         let list: Vec<String> = processes
@@ -710,7 +730,7 @@ fn leftovers(processes: &[Process], max_spares: usize) -> Result<(), String> {
             && stubs.len() == 1
             && members
                 .iter()
-                .any(|p| is_bwrap(p) && stubs[0].ppid == p.pid);
+                .any(|p| is_sandbox_init(p) && stubs[0].ppid == p.pid);
         if !spare {
             return report(&format!("pid namespace {ns} is not an idle warm spare"));
         }
@@ -780,6 +800,35 @@ mod leftover_check {
         assert!(leftovers(&[], 2).is_ok());
         let two = [spare(100, "pid:[1]"), spare(200, "pid:[2]")].concat();
         assert!(leftovers(&two, 2).is_ok(), "{:?}", leftovers(&two, 2));
+        // nsjail's: the shim, nsjail, then its loader (bash) and the stub exec'd by its fd.
+        let own = own();
+        let nsjail = vec![
+            p(
+                300,
+                1,
+                &own,
+                &["/work/target/debug/warmpool-agent", "--vm-id", "x"],
+            ),
+            p(
+                301,
+                300,
+                &own,
+                &["/opt/nsjail", "--config", "/proc/self/fd/5"],
+            ),
+            p(
+                302,
+                301,
+                "pid:[3]",
+                &["/bin/bash", "-c", "umask 022", "warmpool-init", "4"],
+            ),
+            p(
+                303,
+                302,
+                "pid:[3]",
+                &["/proc/self/fd/9", "sandbox-stub", "10"],
+            ),
+        ];
+        assert!(leftovers(&nsjail, 2).is_ok(), "{:?}", leftovers(&nsjail, 2));
     }
 
     #[test]

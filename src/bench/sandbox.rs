@@ -13,15 +13,17 @@
 //! - `bwrap`: namespaces and the tmpfs root (cgroups and seccomp off);
 //! - `+ seccomp`: the seccomp filter alone;
 //! - `+ cgroups`: the per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`);
-//! - `+ cgroups + seccomp`: both, the production default (cold: `WARMPOOL_SANDBOX_WARM=off`);
-//! - `warm`: the same with `WARMPOOL_SANDBOX_WARM=on`: the run is handed to the slot's spare sandbox,
-//!   launched before the job came (`agent/src/sandbox/warm.rs`). `bench-sandbox` lets every
-//!   refill finish before it times the next run (a job reaching an idle agent), so the row is
-//!   the hand-over's latency, not a back-to-back throughput;
-//! - `nsjail`: the nsjail backend with the agent's defaults, where the agent finds the nsjail
-//!   binary (on PATH, `WARMPOOL_SANDBOX_NSJAIL`, or else the bench points it at the one
-//!   `scripts/ensure-deps.sh` puts in `target/nsjail/`); otherwise the row says why not (the
-//!   agent's own error).
+//! - `+ cgroups + seccomp`: both, cold (`WARMPOOL_SANDBOX_WARM=off`);
+//! - `warm`: the same with `WARMPOOL_SANDBOX_WARM=on`, the agent's default for bwrap: the run
+//!   is handed to the slot's spare sandbox, launched before the job came
+//!   (`agent/src/sandbox/warm.rs`). `bench-sandbox` lets every refill finish before it times
+//!   the next run (a job reaching an idle agent), so the row is the hand-over's latency, not a
+//!   back-to-back throughput;
+//! - `nsjail cold`: the nsjail backend with the agent's defaults but `WARMPOOL_SANDBOX_WARM=off`,
+//!   where the agent finds the nsjail binary (on PATH, `WARMPOOL_SANDBOX_NSJAIL`, or else the
+//!   bench points it at the one `scripts/ensure-deps.sh` puts in `target/nsjail/`); otherwise
+//!   the row says why not (the agent's own error);
+//! - `nsjail warm`: the agent's defaults with nsjail, the production configuration.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -101,7 +103,7 @@ const CONFIGS: &[Config] = &[
         ],
     },
     Config {
-        label: "bwrap + cgroups + seccomp (default)",
+        label: "bwrap + cgroups + seccomp (cold)",
         env: &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
@@ -110,7 +112,7 @@ const CONFIGS: &[Config] = &[
         ],
     },
     Config {
-        label: "warm: the same, spare ready",
+        label: "warm: the same, spare ready (default)",
         env: &[
             ("WARMPOOL_AGENT_SANDBOX", "bwrap"),
             ("WARMPOOL_SANDBOX_CGROUPS", "auto"),
@@ -119,10 +121,17 @@ const CONFIGS: &[Config] = &[
         ],
     },
     Config {
-        label: "nsjail (agent defaults)",
+        label: "nsjail cold",
         env: &[
             ("WARMPOOL_AGENT_SANDBOX", "nsjail"),
             ("WARMPOOL_SANDBOX_WARM", "off"),
+        ],
+    },
+    Config {
+        label: "nsjail warm (production default)",
+        env: &[
+            ("WARMPOOL_AGENT_SANDBOX", "nsjail"),
+            ("WARMPOOL_SANDBOX_WARM", "on"),
         ],
     },
 ];
