@@ -60,6 +60,7 @@
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
 //! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
 //! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
+//! - `slots`: the concurrency slots, a `deadpool` managed pool (one uid each, and its spare).
 //! - `warm`: the warm spares: one launched sandbox per slot, its stub, the hand-over.
 
 mod bwrap;
@@ -71,14 +72,14 @@ mod output;
 mod probe;
 mod process;
 mod seccomp;
+mod slots;
 mod warm;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warmpool::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
 use warmpool::runtimes::{self, RuntimeSpec, CATALOG};
 
@@ -234,7 +235,7 @@ pub struct Sandbox {
     launcher: Launcher,
     /// Where execution cgroups are made; `None` without cgroups.
     cgroups: Option<cgroup::Cgroups>,
-    slots: Arc<Slots>,
+    slots: slots::Slots,
     /// The warm spares, when on (see `warm`).
     warm: Option<Arc<warm::Warm>>,
     /// The catalog runtimes this VM can run, with the version each reported at start-up.
@@ -310,7 +311,7 @@ impl Sandbox {
                     usage_from_cgroup: protections.is_some_and(|p| p.memory && p.cpu_accounting),
                 };
                 tracing::info!(stub = %stub.display(), "warm sandboxes: on (one spare per slot)");
-                Some(Arc::new(warm::Warm::new(preparer, cfg.slots)))
+                Some(Arc::new(warm::Warm::new(preparer)))
             }
             (_, true) => {
                 tracing::warn!(
@@ -326,7 +327,7 @@ impl Sandbox {
             }
         };
         let mut sandbox = Sandbox {
-            slots: Arc::new(Slots::new(cfg.slots)),
+            slots: slots::Slots::new(cfg.slots, cfg.uid_base, warm.clone())?,
             cfg,
             launcher,
             cgroups,
@@ -358,19 +359,9 @@ impl Sandbox {
         if sandbox.available.is_empty() {
             tracing::warn!("no runtime of the catalog runs on this VM");
         }
-        if let Some(warm) = &sandbox.warm {
-            // Every slot held at once, so each is seen once; the probes' refills hold the
-            // slots they ran on until their spare is in place, so this waits for those.
-            let mut held = Vec::with_capacity(sandbox.cfg.slots);
-            for _ in 0..sandbox.cfg.slots {
-                held.push(Arc::clone(&sandbox.slots).acquire().await);
-            }
-            for slot in held {
-                if !warm.has_spare(slot.index) {
-                    let uid = sandbox.cfg.uid_base + slot.index as u32;
-                    warm.refill(slot, uid);
-                }
-            }
+        if sandbox.warm.is_some() {
+            // Every slot held at once, so each is made (or recycled) once: each gets its spare.
+            drop(sandbox.slots.all().await?);
         }
         Ok(sandbox)
     }
@@ -378,10 +369,8 @@ impl Sandbox {
     /// Waits until no run and no warm refill holds a slot: then every slot has its spare
     /// (unless its preparation failed). For a benchmark of a job that reaches an idle agent.
     pub async fn settle(&self) {
-        let mut held = Vec::with_capacity(self.cfg.slots);
-        for _ in 0..self.cfg.slots {
-            held.push(Arc::clone(&self.slots).acquire().await);
-        }
+        // Cannot fail: the pool is never closed and has no timeouts.
+        let _ = self.slots.all().await;
     }
 
     /// Whether runs start in warm spares (see `warm`).
@@ -394,7 +383,7 @@ impl Sandbox {
     /// sandbox at hand-over. Without warm spares, nothing to do.
     pub async fn shutdown(&self) {
         if let Some(warm) = &self.warm {
-            warm.shutdown().await;
+            warm.shutdown(&self.slots).await;
         }
     }
 
@@ -457,9 +446,8 @@ impl Sandbox {
     /// Takes a slot, makes the execution's cgroup, prepares the backend's command, then runs
     /// and supervises it; with a cgroup, its counters replace the rusage figures.
     async fn execute(&self, plan: &Plan<'_>) -> Result<ExecutionResult, SandboxError> {
-        let slot = Arc::clone(&self.slots).acquire().await;
-        // validate_config checked that uid_base + slots fits in a u32.
-        let uid = self.cfg.uid_base + slot.index as u32;
+        let mut slot = self.slots.get().await?;
+        let uid = slot.uid;
         let protections = self.cgroups();
         let memory_cgroup = protections.is_some_and(|p| p.memory);
         let address_space_mb = (!memory_cgroup).then(|| {
@@ -474,7 +462,7 @@ impl Sandbox {
             protections.is_some_and(|p| p.pids),
         );
         let spare = match &self.warm {
-            Some(warm) => warm.take(slot.index, uid, &plan.limits).await?,
+            Some(warm) => warm.take(&mut slot, &plan.limits).await?,
             None => None,
         };
         if let (Some(warm), Some(mut spare)) = (&self.warm, spare) {
@@ -484,7 +472,7 @@ impl Sandbox {
                     let finished = with_cgroup_figures(finished, cgroup).await;
                     // Only now: the run's sandbox and cgroup are gone, so the spare is the
                     // uid's only.
-                    warm.refill(slot, uid);
+                    warm.refill(slot);
                     return Ok(outcome::result(
                         finished,
                         bwrap::decode_status,
@@ -589,8 +577,9 @@ impl Sandbox {
             }
         };
         let finished = with_cgroup_figures(finished, cgroup).await;
-        if let Some(warm) = &self.warm {
-            warm.refill(slot, uid);
+        match &self.warm {
+            Some(warm) => warm.refill(slot),
+            None => drop(slot),
         }
         Ok(outcome::result(finished, decode, &plan.limits, &rlimits))
     }
@@ -800,61 +789,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Concurrency slots. The semaphore bounds how many run; the free list says which uid each
-/// gets. A std Mutex, not a Tokio one: it is held for a push or a pop, never across an await.
-struct Slots {
-    semaphore: Arc<Semaphore>,
-    free: Mutex<Vec<usize>>,
-}
-
-/// Owned (not borrowed from the sandbox) so that a warm refill can hold it in the background.
-struct Slot {
-    index: usize,
-    slots: Arc<Slots>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Slots {
-    fn new(n: usize) -> Self {
-        Self {
-            semaphore: Arc::new(Semaphore::new(n)),
-            // Reversed so that pop() hands out slot 0 first.
-            free: Mutex::new((0..n).rev().collect()),
-        }
-    }
-
-    async fn acquire(self: Arc<Self>) -> Slot {
-        // The semaphore is never closed, so acquire cannot fail.
-        let permit = match Arc::clone(&self.semaphore).acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => unreachable!("the slot semaphore is never closed"),
-        };
-        let index = self
-            .free
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
-            // A permit guarantees a free index: there are as many permits as indices.
-            .unwrap_or_else(|| unreachable!("a slot permit without a free slot"));
-        Slot {
-            index,
-            slots: self,
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // Return the index before the permit (a field, dropped after this body) frees the slot.
-        self.slots
-            .free
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(self.index);
-    }
 }
 
 #[cfg(test)]

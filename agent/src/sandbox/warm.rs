@@ -17,13 +17,16 @@
 //!   runs cold, with its own.
 //!
 //! # Expected flow
+//! The spares live in the slots of the `slots` pool (a `deadpool` managed pool: see `slots`
+//! for why the slot, not the spare, is the pooled object).
 //! 1. After a slot's execution ended, [`Warm::refill`] prepares the slot's next spare in the
 //!    background, holding the slot until it is in place (the next run on that slot would
 //!    otherwise prepare its own at the same time, for the same uid). At start-up every slot
 //!    gets one. [`Preparer::prepare`] returns once the stub wrote its ready byte, so a spare
 //!    is a sandbox that came up, not one that might still fail.
-//! 2. A job comes: [`Warm::take`] gives the slot's spare if it is alive and younger than
-//!    [`MAX_AGE`] (else one is prepared there and then: the same path, only not ahead).
+//! 2. A job takes a slot from the pool, whose recycling ([`Warm::ensure_spare`]) keeps the
+//!    spare if it is alive and younger than [`MAX_AGE`] and else prepares one there and then
+//!    (the same path, only not ahead); [`Warm::take`] takes it out of the slot for the job.
 //! 3. [`Prepared::begin`]: the cgroup takes the job's memory limit, and what it used so far
 //!    stops counting (see `cgroup::ExecCgroup::begin_job`). A limit below what the spare
 //!    already holds (a job asking for a few MiB) cannot be set: the spare is discarded and the
@@ -44,7 +47,7 @@
 //!   capability drop and seccomp filter, as the program would be; it only lowers its own
 //!   limits. It trusts nothing but its pipe, and checks even that (names, sizes, NULs).
 //! - [`Warm::shutdown`] (the agent's shutdown) waits for the refills in flight, then kills
-//!   every spare and removes its cgroup. A spare dropped any other way is killed and reaped
+//!   the spare of every idle slot and removes its cgroup (a running job's slot has none). A spare dropped any other way is killed and reaped
 //!   by its `child::Spawned` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
 //!   agent dies, `PR_SET_PDEATHSIG` and `--die-with-parent` end it as they end a cold run.
 //!
@@ -57,14 +60,6 @@
 //! Without cgroups the figures are the reaper shim's rusage, as in a cold run: they include
 //! bwrap's and its init's start (as cold), and the peak resident size is at least the stub's
 //! (a few MiB: the kernel carries a process's high-water mark across exec).
-//!
-//! # Why no pool crate
-//! deadpool's pools (managed or unmanaged) hand out interchangeable objects to whoever asks
-//! first. A spare is not interchangeable: it runs as its slot's uid, and the slot semaphore
-//! already decides who runs where and who waits. What is left is one `Option` per slot and a
-//! background refill that holds the slot: a `Mutex<Vec<Option<Prepared>>>` and a
-//! `TaskTracker` say that directly, where a pool per slot of size one (and an `Object::take`
-//! on every use, since a spare must never go back) would only hide it.
 //!
 //! # Caveats
 //! - A spare holds its uid's processes (shim, bwrap, init, stub; under nsjail shim, nsjail,
@@ -96,13 +91,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::task::TaskTracker;
 
 use super::cgroup::{Cgroups, ExecCgroup};
-use super::{bwrap, check_file_name, child, nsjail, Plan, SandboxError, Slot};
+use super::slots::{Slot, SlotState, Slots};
+use super::{bwrap, check_file_name, child, nsjail, Plan, SandboxError};
 use warmpool::model::Limits;
 
 /// The agent's subcommand that runs the stub (`main` dispatches on it before anything else).
@@ -326,39 +322,64 @@ impl Prepared {
     }
 }
 
-/// One spare per slot, and the refills that make them.
+/// What makes the spares, and the refills that make them in the background.
 pub(super) struct Warm {
     preparer: Preparer,
-    /// Indexed by slot. A std Mutex: held for a take or a put, never across an await.
-    spares: Mutex<Vec<Option<Prepared>>>,
     closed: AtomicBool,
     refills: TaskTracker,
 }
 
 impl Warm {
-    pub fn new(preparer: Preparer, slots: usize) -> Self {
+    pub fn new(preparer: Preparer) -> Self {
         Self {
             preparer,
-            spares: Mutex::new((0..slots).map(|_| None).collect()),
             closed: AtomicBool::new(false),
             refills: TaskTracker::new(),
         }
     }
 
-    pub fn has_spare(&self, slot: usize) -> bool {
-        self.lock().get(slot).is_some_and(Option::is_some)
+    /// Leaves `slot` with a usable spare: its own if alive and younger than [`MAX_AGE`], else
+    /// one prepared now (none if that fails: the slot's next run prepares its own; none once
+    /// shut down). The slot pool's create and recycle, and the background refill.
+    pub async fn ensure_spare(&self, slot: &mut SlotState) {
+        match slot.spare.take() {
+            Some(spare) if spare.usable() && !self.closed.load(Ordering::Acquire) => {
+                slot.spare = Some(spare);
+                return;
+            }
+            Some(stale) => {
+                tracing::debug!(
+                    slot = slot.index,
+                    "a spare sandbox died, aged out or is no longer wanted"
+                );
+                stale.discard().await;
+            }
+            None => {}
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        match self.preparer.prepare(slot.uid).await {
+            // Checked again: a spare made across the shutdown would outlive it.
+            Ok(spare) if self.closed.load(Ordering::Acquire) => spare.discard().await,
+            Ok(spare) => slot.spare = Some(spare),
+            Err(e) => tracing::warn!(
+                slot = slot.index,
+                error = %super::error_chain(&e),
+                "could not prepare a spare sandbox; the slot's next run prepares its own"
+            ),
+        }
     }
 
-    /// The slot's spare if it is still usable, else a sandbox prepared now; `None` when no
-    /// spare can take a job of these `limits` (a wall time past an nsjail spare's backstop):
-    /// the slot's spare is then discarded, and the job runs cold.
+    /// Takes the slot's spare out for a job: its own if still usable, else a sandbox prepared
+    /// now; `None` when no spare can take a job of these `limits` (a wall time past an nsjail
+    /// spare's backstop): the slot's spare is then discarded, and the job runs cold.
     pub async fn take(
         &self,
-        slot: usize,
-        uid: u32,
+        slot: &mut SlotState,
         limits: &Limits,
     ) -> Result<Option<Prepared>, SandboxError> {
-        let spare = self.lock().get_mut(slot).and_then(Option::take);
+        let spare = slot.spare.take();
         if !self.preparer.fits(limits) {
             if let Some(spare) = spare {
                 spare.discard().await;
@@ -369,69 +390,40 @@ impl Warm {
             Some(spare) if spare.usable() => return Ok(Some(spare)),
             Some(stale) => {
                 tracing::info!(
-                    slot,
+                    slot = slot.index,
                     "a spare sandbox died or aged out: preparing a fresh one"
                 );
                 stale.discard().await;
             }
             None => {}
         }
-        self.preparer.prepare(uid).await.map(Some)
+        self.preparer.prepare(slot.uid).await.map(Some)
     }
 
     /// Prepares `slot`'s next spare in the background, holding the slot until it is in place.
-    pub fn refill(self: &Arc<Self>, slot: Slot, uid: u32) {
+    pub fn refill(self: &Arc<Self>, mut slot: Slot) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
         let warm = Arc::clone(self);
         self.refills.spawn(async move {
-            let index = slot.index;
-            match warm.preparer.prepare(uid).await {
-                // Checked under the lock that shutdown drains under: a spare put after the
-                // drain would outlive the agent's shutdown.
-                Ok(spare) => {
-                    let unwanted = {
-                        let mut spares = warm.lock();
-                        match spares.get_mut(index) {
-                            Some(place) if !warm.closed.load(Ordering::Acquire) => {
-                                *place = Some(spare);
-                                None
-                            }
-                            _ => Some(spare),
-                        }
-                    };
-                    // Shut down while it was being prepared: shutdown waits for this.
-                    if let Some(spare) = unwanted {
-                        spare.discard().await;
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    slot = index,
-                    error = %super::error_chain(&e),
-                    "could not prepare a spare sandbox; the slot's next run prepares its own"
-                ),
-            }
+            warm.ensure_spare(&mut slot).await;
             drop(slot);
         });
     }
 
-    /// Stops refilling, waits for the refills in flight, then kills every spare and removes
-    /// its cgroup. Runs after it still work: each prepares its sandbox at hand-over.
-    pub async fn shutdown(&self) {
+    /// Stops refilling, waits for the refills in flight, then kills the spare of every idle
+    /// slot and removes its cgroup. Runs after it still work: each prepares its sandbox at
+    /// hand-over.
+    pub async fn shutdown(&self, slots: &Slots) {
         self.closed.store(true, Ordering::Release);
         self.refills.close();
         self.refills.wait().await;
-        let spares: Vec<Prepared> = self.lock().iter_mut().filter_map(Option::take).collect();
-        for spare in spares {
-            spare.discard().await;
+        for mut slot in slots.idle().await {
+            if let Some(spare) = slot.spare.take() {
+                spare.discard().await;
+            }
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Prepared>>> {
-        self.spares
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -1,0 +1,135 @@
+//! The concurrency slots, a `deadpool` managed pool: one object per slot, holding the slot's
+//! uid and, with warm sandboxes, the prepared sandbox waiting on it.
+//!
+//! # Why a slot is the pooled object, not the spare
+//! A spare runs as its slot's uid, and a uid must never run two sandboxes at once (its
+//! `RLIMIT_NPROC` and its cgroup names are per uid). So the pool hands out slots: holding one
+//! is the right to run as its uid, and `max_size` (the configured `slots`) bounds how many
+//! sandboxes run at once, with deadpool's queue deciding who waits. The spare inside a slot is
+//! the "prepared one, used once and discarded": [`super::warm::Warm::take`] takes it out for a
+//! job, and it ends with that job.
+//!
+//! # Expected flow
+//! 1. [`SlotManager::create`] makes slot `i` (uid `uid_base + i`) the first time the pool grows
+//!    to it; slots are never discarded, so there are never more than `slots` of them.
+//! 2. [`SlotManager::recycle`], on every `get`, makes sure the slot has a usable spare
+//!    (`Warm::ensure_spare`: kept if alive and young, else prepared there and then). Usually
+//!    the refill that followed the slot's previous run put one there already, off any job's
+//!    path.
+//! 3. After a run the caller hands the slot to `Warm::refill`, which prepares its next spare in
+//!    the background and only then lets the slot go back to the pool: the next job on it
+//!    waits for that rather than preparing a second sandbox for the same uid.
+//!
+//! Without warm sandboxes the objects are bare slots and recycling does nothing.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleResult, Timeouts};
+
+use super::warm::{Prepared, Warm};
+use super::SandboxError;
+
+/// A held slot: returns to the pool when dropped.
+pub(super) type Slot = managed::Object<SlotManager>;
+
+/// One slot: while it is held, its uid runs nothing but the holder's sandbox.
+pub(super) struct SlotState {
+    pub index: usize,
+    pub uid: u32,
+    /// The slot's warm spare, if one is ready (see `warm`).
+    pub spare: Option<Prepared>,
+}
+
+pub(super) struct SlotManager {
+    slots: usize,
+    uid_base: u32,
+    created: AtomicUsize,
+    warm: Option<Arc<Warm>>,
+}
+
+impl managed::Manager for SlotManager {
+    type Type = SlotState;
+    type Error = io::Error;
+
+    async fn create(&self) -> Result<SlotState, io::Error> {
+        // deadpool creates only while it holds fewer than `max_size` objects, and never drops
+        // one (recycle never fails): at most `slots` creations, each a new index.
+        let index = self.created.fetch_add(1, Ordering::Relaxed);
+        if index >= self.slots {
+            return Err(io::Error::other("more slots made than configured"));
+        }
+        // validate_config checked that uid_base + slots fits in a u32.
+        let mut slot = SlotState {
+            index,
+            uid: self.uid_base + index as u32,
+            spare: None,
+        };
+        if let Some(warm) = &self.warm {
+            warm.ensure_spare(&mut slot).await;
+        }
+        Ok(slot)
+    }
+
+    async fn recycle(&self, slot: &mut SlotState, _: &Metrics) -> RecycleResult<io::Error> {
+        if let Some(warm) = &self.warm {
+            warm.ensure_spare(slot).await;
+        }
+        Ok(())
+    }
+}
+
+/// The pool of `slots` slots running as `uid_base`, `uid_base + 1`, …
+pub(super) struct Slots {
+    pool: managed::Pool<SlotManager>,
+    slots: usize,
+}
+
+impl Slots {
+    pub fn new(slots: usize, uid_base: u32, warm: Option<Arc<Warm>>) -> Result<Self, SandboxError> {
+        let manager = SlotManager {
+            slots,
+            uid_base,
+            created: AtomicUsize::new(0),
+            warm,
+        };
+        let pool = managed::Pool::builder(manager)
+            .max_size(slots)
+            .build()
+            .map_err(|e| SandboxError::Config(format!("the slot pool: {e}")))?;
+        Ok(Self { pool, slots })
+    }
+
+    /// Waits for a free slot (with its spare, when warm).
+    pub async fn get(&self) -> Result<Slot, SandboxError> {
+        self.pool.get().await.map_err(|e| SandboxError::Prepare {
+            context: "taking a sandbox slot",
+            source: io::Error::other(e.to_string()),
+        })
+    }
+
+    /// Every slot, once each is free: for the start-up fill, `settle` and shutdown.
+    pub async fn all(&self) -> Result<Vec<Slot>, SandboxError> {
+        let mut held = Vec::with_capacity(self.slots);
+        for _ in 0..self.slots {
+            held.push(self.get().await?);
+        }
+        Ok(held)
+    }
+
+    /// The slots free right now, without waiting (those running a job are left alone).
+    pub async fn idle(&self) -> Vec<Slot> {
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: None,
+            recycle: None,
+        };
+        let mut held = Vec::with_capacity(self.slots);
+        while let Ok(slot) = self.pool.timeout_get(&now).await {
+            held.push(slot);
+        }
+        held
+    }
+}
