@@ -42,6 +42,7 @@ mod uids {
     pub const CONCURRENCY: u32 = 62_590;
     pub const CPU_KILLED: u32 = 62_595;
     pub const SIGNALS: u32 = 62_600;
+    pub const STDIO: u32 = 62_605;
 }
 
 /// The nsjail binary the tests use, or why there is none.
@@ -833,4 +834,20 @@ async fn a_configured_nsjail_that_is_missing_stops_the_start_with_one_line() {
     let message = err.to_string();
     assert!(message.contains("/nonexistent/nsjail"), "{message}");
     assert!(!message.contains('\n'), "{message}");
+}
+
+/// The stdio pipes belong to the slot uid (they are the agent's, made by root), so that a
+/// program can reopen them by path; before, `/dev/stdin` failed with EACCES.
+#[tokio::test]
+async fn stdio_can_be_reopened_by_path() {
+    let Some(sandbox) = sandbox_or_skip("stdio", uids::STDIO, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let result = run(&sandbox, &common::stdio_by_path()).await;
+    assert_eq!(
+        (result.stdout.as_str(), result.stderr.as_str()),
+        (common::STDIO_BY_PATH_OUT, common::STDIO_BY_PATH_ERR),
+        "{result:?}"
+    );
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
 }

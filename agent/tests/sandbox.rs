@@ -51,6 +51,7 @@ mod uids {
     pub const FDS: u32 = 61_260;
     /// Two sandboxes: base and base + 8.
     pub const STALE: u32 = 61_270;
+    pub const STDIO: u32 = 61_280;
 }
 
 /// Every test here runs warm (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=off`
@@ -933,4 +934,18 @@ async fn what_a_dead_agent_left_in_its_cgroups_is_killed_at_the_next_start() {
         assert!(!dir.exists(), "{} was left", dir.display());
     }
     drop(next);
+}
+
+/// The stdio pipes belong to the slot uid (they are the agent's, made by root), so that a
+/// program can reopen them by path; before, `/dev/stdin` failed with EACCES.
+#[tokio::test]
+async fn stdio_can_be_reopened_by_path() {
+    let sandbox = sandbox(uids::STDIO, 1).await;
+    let result = run(&sandbox, &common::stdio_by_path()).await;
+    assert_eq!(
+        (result.stdout.as_str(), result.stderr.as_str()),
+        (common::STDIO_BY_PATH_OUT, common::STDIO_BY_PATH_ERR),
+        "{result:?}"
+    );
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
 }

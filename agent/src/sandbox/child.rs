@@ -242,6 +242,15 @@ impl Setup {
 
         if let Some(id) = self.credentials {
             unsafe {
+                // The stdio pipes are the agent's (made by root, mode 0600): given to the uid
+                // that reads and writes them, so that the program can reopen them by path
+                // (`/dev/stdin` is `/proc/self/fd/0`: node's `readFileSync('/dev/stdin')`).
+                // Each is this run's alone; nothing the sandbox made is ever chowned.
+                for fd in 0..=2 {
+                    if libc::fchown(fd, id, id) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 if libc::setgroups(0, std::ptr::null()) == -1
                     || libc::setgid(id) == -1
                     || libc::setuid(id) == -1

@@ -68,8 +68,6 @@
 //! - Cost: nsjail starts slower than bwrap (it loads libstdc++ and parses its configuration),
 //!   and the init adds a bash and one `cat` per job file: about 5-15 ms per run on top of
 //!   bwrap's on a 2-core VM.
-//! - `/dev/stdin` (a link to `/proc/self/fd/0`) cannot be reopened by the program, as under
-//!   bwrap: the stdin pipe belongs to the agent's root. Reading fd 0 works.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -529,7 +527,12 @@ impl Nsjail {
         unsafe {
             command.pre_exec(move || {
                 // fd 2 (the program's stderr pipe) to the spare number, the log pipe to fd 2.
-                if libc::dup2(2, stderr_fd) == -1 || libc::dup2(log_write_fd, 2) == -1 {
+                // The stderr pipe goes to the slot uid first, as `child::Setup` gives the
+                // program's other pipes (it chowns whatever is on fd 2 then: the log).
+                if libc::fchown(2, uid, uid) == -1
+                    || libc::dup2(2, stderr_fd) == -1
+                    || libc::dup2(log_write_fd, 2) == -1
+                {
                     return Err(io::Error::last_os_error());
                 }
                 match arch_lock.as_mut() {

@@ -41,6 +41,21 @@ pub fn python(source: &str) -> Job {
     job("python", &[("main.py", source)])
 }
 
+/// A program that reopens its stdio by path (`/dev/stdin`, `/dev/stdout`, `/dev/stderr`, as
+/// node's `readFileSync('/dev/stdin')` does), given stdin `"in"`; it must print
+/// [`STDIO_BY_PATH_OUT`] and [`STDIO_BY_PATH_ERR`].
+pub fn stdio_by_path() -> Job {
+    let mut job = python(
+        "print('read', open('/dev/stdin').read(), flush=True)\n\
+         open('/dev/stdout', 'w').write('out\\n')\n\
+         open('/dev/stderr', 'w').write('err\\n')\n",
+    );
+    job.stdin = "in".into();
+    job
+}
+pub const STDIO_BY_PATH_OUT: &str = "read in\nout\n";
+pub const STDIO_BY_PATH_ERR: &str = "err\n";
+
 /// Pids of every process whose real uid is `uid`, zombies included.
 pub fn processes_of(uid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
