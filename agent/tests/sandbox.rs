@@ -52,6 +52,7 @@ mod uids {
     /// Two sandboxes: base and base + 8.
     pub const STALE: u32 = 61_270;
     pub const STDIO: u32 = 61_280;
+    pub const LEFTOVERS: u32 = 61_290;
 }
 
 /// Every test here runs warm (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=off`
@@ -948,4 +949,79 @@ async fn stdio_can_be_reopened_by_path() {
         "{result:?}"
     );
     assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+}
+
+/// A process of `uid` running `sleep 60` as `argv0`, the child of this (root) test process.
+fn sleeper_as(uid: u32, argv0: &str, script: Option<&str>) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = match script {
+        Some(script) => {
+            let mut c = std::process::Command::new("/bin/bash");
+            c.args(["-c", script]);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new("/bin/sleep");
+            c.arg0(argv0).arg("60");
+            c
+        }
+    };
+    // SAFETY: setgid/setuid only, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgid(uid) == -1 || libc::setuid(uid) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn a sleeper")
+}
+
+/// What a dead agent's sandbox set-up can leave (a `bwrap` of a slot uid, reparented outside
+/// the slot uids) is killed when the next agent starts on those uids; a launcher whose parent
+/// is of the range (a live sandbox's) and a program of the range (the `process` backend's,
+/// the agent's child) are not. Stand-ins: `sleep` run as `bwrap`.
+#[tokio::test]
+async fn a_launcher_a_dead_agent_left_is_killed_at_the_next_start() {
+    let uid = uids::LEFTOVERS;
+    let mut orphan = sleeper_as(uid, "bwrap", None);
+    let mut program = sleeper_as(uid, "python3", None);
+    // bash (of the range) parent of a `bwrap`: a live sandbox's shape.
+    let mut live = sleeper_as(uid, "", Some("(exec -a bwrap sleep 60) & wait"));
+    let live_child = common::eventually(Duration::from_secs(5), "the live bwrap", || async {
+        processes_of(uid).into_iter().find(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"bwrap\0") && pid != orphan.id())
+        })
+    })
+    .await;
+
+    let sandbox = sandbox(uid, 1).await;
+    let status = common::eventually(Duration::from_secs(5), "the orphan killed", || {
+        let exited = orphan.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert_eq!(program.try_wait().unwrap(), None, "the program was killed");
+    assert_eq!(
+        live.try_wait().unwrap(),
+        None,
+        "the live sandbox's parent was killed"
+    );
+    assert!(
+        Path::new(&format!("/proc/{live_child}")).exists(),
+        "the live sandbox's bwrap was killed"
+    );
+    for child in [&mut program, &mut live] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    unsafe { libc::kill(live_child as i32, libc::SIGKILL) };
+    // The sandbox itself starts and runs as usual.
+    let result = run(&sandbox, &bash("echo fine")).await;
+    assert_eq!(result.stdout, "fine\n", "{result:?}");
+    sandbox.shutdown().await;
 }

@@ -60,12 +60,14 @@
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
 //! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
 //! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
+//! - `leftovers`: what a dead agent left running as the slot uids, killed at start-up.
 //! - `slots`: the concurrency slots, a `deadpool` managed pool (one uid each, and its spare).
 //! - `warm`: the warm spares: one launched sandbox per slot, its stub, the hand-over.
 
 mod bwrap;
 mod cgroup;
 mod child;
+mod leftovers;
 mod nsjail;
 mod outcome;
 mod output;
@@ -270,6 +272,8 @@ impl Sandbox {
     pub async fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         validate_config(&cfg)?;
         let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs)?;
+        // validate_config checked that uid_base + slots fits in a u32.
+        leftovers::kill(cfg.uid_base..cfg.uid_base + cfg.slots as u32);
         let launcher = match cfg.backend {
             Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
             Backend::Nsjail => {

@@ -80,8 +80,8 @@
 //!   a run's start); warm makes the window follow every run. On a VM the agent is pid 1 of
 //!   its container's pid namespace, so its death makes the kernel kill everything in the
 //!   container, that process included. Outside a container (development, these tests) a
-//!   graceful stop ([`Warm::shutdown`]) leaves nothing, and with cgroups the next agent's
-//!   start kills what a dead agent left in its cgroups (see `cgroup`); without, it stays.
+//!   graceful stop ([`Warm::shutdown`]) leaves nothing, and the next agent's start kills
+//!   what a dead agent left (in its cgroups, see `cgroup`; by shape, see `leftovers`).
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
