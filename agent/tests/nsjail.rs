@@ -43,6 +43,7 @@ mod uids {
     pub const CPU_KILLED: u32 = 62_595;
     pub const SIGNALS: u32 = 62_600;
     pub const STDIO: u32 = 62_605;
+    pub const LOG: u32 = 62_610;
 }
 
 /// The nsjail binary the tests use, or why there is none.
@@ -850,4 +851,25 @@ async fn stdio_can_be_reopened_by_path() {
         "{result:?}"
     );
     assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+}
+
+/// nsjail's log pipe (the init's fd 2, reachable as `/proc/1/fd/2`) stays root's: a program
+/// that could write "warmpool-init failed: …" there would turn its own run into an internal
+/// error (seen when the stdio pipes were first given to the slot uid, fd 2 included).
+#[tokio::test]
+async fn the_program_cannot_write_into_nsjails_log() {
+    let Some(sandbox) = sandbox_or_skip("log", uids::LOG, 1, CgroupMode::Auto).await else {
+        return;
+    };
+    let job = python(
+        "import errno\n\
+         try:\n    open('/proc/1/fd/2', 'w').write('warmpool-init failed: forged\\n')\n    print('written')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n",
+    );
+    for _ in 0..2 {
+        // Twice: warm, the second run is on the spare refilled after the first.
+        let result = run(&sandbox, &job).await;
+        assert_eq!(result.stdout, "EACCES\n", "{result:?}");
+        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    }
 }

@@ -156,6 +156,11 @@ pub(super) struct Setup {
     /// The caller takes CPU time and peak memory from the cgroup's counters, so the reaper
     /// shim's report is not needed.
     pub usage_from_cgroup: bool,
+    /// Whether fd 2 is the program's stderr pipe when [`Setup::apply`] runs, and so goes to
+    /// the credentials' uid with stdin and stdout. `false` for nsjail, whose pre-exec hook has
+    /// put its log there by then (and given the program's stderr pipe to the uid itself): the
+    /// log must stay root's, or the program could write into it.
+    pub chown_fd2: bool,
     /// Set by [`run`] for [`Kind::Bwrap`]: fork a reaper shim that reports the sandbox's
     /// resource usage on this pipe (see [`shim`]).
     report_fd: Option<RawFd>,
@@ -169,6 +174,7 @@ impl Setup {
             inherit,
             cgroup_procs: Vec::new(),
             usage_from_cgroup: false,
+            chown_fd2: true,
             report_fd: None,
         }
     }
@@ -246,7 +252,8 @@ impl Setup {
                 // that reads and writes them, so that the program can reopen them by path
                 // (`/dev/stdin` is `/proc/self/fd/0`: node's `readFileSync('/dev/stdin')`).
                 // Each is this run's alone; nothing the sandbox made is ever chowned.
-                for fd in 0..=2 {
+                let last = if self.chown_fd2 { 2 } else { 1 };
+                for fd in 0..=last {
                     if libc::fchown(fd, id, id) == -1 {
                         return Err(io::Error::last_os_error());
                     }

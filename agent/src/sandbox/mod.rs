@@ -534,6 +534,7 @@ impl Sandbox {
                     plan.limits.wall_time_ms,
                 )?;
                 let mut setup = child::Setup::new(Some(uid), rlimits, fds.inherit());
+                setup.chown_fd2 = false; // nsjail's log by then (see `nsjail`)
                 setup.cgroup_procs = cgroup_procs;
                 setup.usage_from_cgroup = usage_from_cgroup;
                 // Kind::Bwrap: the same tree (a launcher, then the namespace's init), killed

@@ -528,7 +528,7 @@ impl Nsjail {
             command.pre_exec(move || {
                 // fd 2 (the program's stderr pipe) to the spare number, the log pipe to fd 2.
                 // The stderr pipe goes to the slot uid first, as `child::Setup` gives the
-                // program's other pipes (it chowns whatever is on fd 2 then: the log).
+                // program's other pipes; the log stays root's (`Setup::chown_fd2` is off).
                 if libc::fchown(2, uid, uid) == -1
                     || libc::dup2(2, stderr_fd) == -1
                     || libc::dup2(log_write_fd, 2) == -1

@@ -217,6 +217,8 @@ impl Preparer {
         };
         inherit.extend([stub, job]);
         let mut setup = child::Setup::new(Some(uid), self.rlimits, inherit);
+        // nsjail's log is on fd 2 by then (see `nsjail`).
+        setup.chown_fd2 = matches!(self.launch, Launch::Bwrap(_));
         setup.cgroup_procs = cgroup
             .as_ref()
             .map(ExecCgroup::procs_files)
