@@ -53,6 +53,7 @@ mod uids {
     pub const STALE: u32 = 61_270;
     pub const STDIO: u32 = 61_280;
     pub const LEFTOVERS: u32 = 61_290;
+    pub const CANCELLED_GETS: u32 = 61_300;
 }
 
 /// Every test here runs warm (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=off`
@@ -1023,5 +1024,28 @@ async fn a_launcher_a_dead_agent_left_is_killed_at_the_next_start() {
     // The sandbox itself starts and runs as usual.
     let result = run(&sandbox, &bash("echo fine")).await;
     assert_eq!(result.stdout, "fine\n", "{result:?}");
+    sandbox.shutdown().await;
+}
+
+/// Runs cancelled at every point of their start (waiting for the slot, while the slot's spare
+/// is prepared, while the sandbox starts) lose no slot: deadpool drops a slot whose `get` was
+/// cancelled mid-recycle, and its index must come back (seen: every later run failed with
+/// "more slots made than configured"). One slot, so a lost one would fail the last run.
+#[tokio::test]
+async fn runs_cancelled_while_they_start_lose_no_slot() {
+    let sandbox = sandbox(uids::CANCELLED_GETS, 1).await;
+    for delay_ms in 0..30 {
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(delay_ms),
+            sandbox.run(&bash("sleep 5")),
+        )
+        .await;
+        assert!(
+            cancelled.is_err(),
+            "a 5 s run ended within {delay_ms} ms: {cancelled:?}"
+        );
+    }
+    let result = run(&sandbox, &bash("echo still")).await;
+    assert_eq!(result.stdout, "still\n", "{result:?}");
     sandbox.shutdown().await;
 }

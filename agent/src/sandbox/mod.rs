@@ -373,7 +373,8 @@ impl Sandbox {
     /// Waits until no run and no warm refill holds a slot: then every slot has its spare
     /// (unless its preparation failed). For a benchmark of a job that reaches an idle agent.
     pub async fn settle(&self) {
-        // Cannot fail: the pool is never closed and has no timeouts.
+        // Cannot fail: the pool is never closed, has no timeouts, and a permit always finds a
+        // free slot index (see `slots`).
         let _ = self.slots.all().await;
     }
 

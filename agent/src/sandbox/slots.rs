@@ -10,8 +10,11 @@
 //! job, and it ends with that job.
 //!
 //! # Expected flow
-//! 1. [`SlotManager::create`] makes slot `i` (uid `uid_base + i`) the first time the pool grows
-//!    to it; slots are never discarded, so there are never more than `slots` of them.
+//! 1. [`SlotManager::create`] makes a slot from a free index `i` (uid `uid_base + i`) when the
+//!    pool grows. Recycling never fails, so a slot is dropped only when a `get` is cancelled
+//!    (or panics) while its slot is being made or recycled; the slot's index guard then gives
+//!    the index back. So there are never more than `slots` slots, never two with one uid, and
+//!    a permit always finds its index (at worst a moment later: `create` waits for it).
 //! 2. [`SlotManager::recycle`], on every `get`, makes sure the slot has a usable spare
 //!    (`Warm::ensure_spare`: kept if alive and young, else prepared there and then). Usually
 //!    the refill that followed the slot's previous run put one there already, off any job's
@@ -23,9 +26,10 @@
 //! Without warm sandboxes the objects are bare slots and recycling does nothing.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use deadpool::managed::{self, Metrics, RecycleResult, Timeouts};
 
@@ -39,14 +43,59 @@ pub(super) type Slot = managed::Object<SlotManager>;
 pub(super) struct SlotState {
     pub index: usize,
     pub uid: u32,
-    /// The slot's warm spare, if one is ready (see `warm`).
+    /// The slot's warm spare, if one is ready (see `warm`). Declared before the guard: a
+    /// dropped slot kills its spare before its index is free again.
     pub spare: Option<Prepared>,
+    _index: IndexGuard,
+}
+
+/// The slot indices no slot holds.
+struct FreeIndices {
+    /// A std Mutex: held for a push or a pop, never across an await.
+    list: Mutex<Vec<usize>>,
+    returned: Notify,
+}
+
+impl FreeIndices {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A free index; waits for one being given back (see the module docs).
+    async fn take(self: &Arc<Self>) -> IndexGuard {
+        loop {
+            if let Some(index) = self.list().pop() {
+                return IndexGuard {
+                    index,
+                    free: Arc::clone(self),
+                };
+            }
+            // notify_one keeps a permit when nobody waits: a return between the pop above
+            // and this wait is not missed.
+            self.returned.notified().await;
+        }
+    }
+}
+
+/// Gives its index back when dropped, however its slot ends (even one whose making was
+/// cancelled half-way).
+struct IndexGuard {
+    index: usize,
+    free: Arc<FreeIndices>,
+}
+
+impl Drop for IndexGuard {
+    fn drop(&mut self) {
+        self.free.list().push(self.index);
+        self.free.returned.notify_one();
+    }
 }
 
 pub(super) struct SlotManager {
-    slots: usize,
     uid_base: u32,
-    created: AtomicUsize,
+    free: Arc<FreeIndices>,
     warm: Option<Arc<Warm>>,
 }
 
@@ -55,17 +104,15 @@ impl managed::Manager for SlotManager {
     type Error = io::Error;
 
     async fn create(&self) -> Result<SlotState, io::Error> {
-        // deadpool creates only while it holds fewer than `max_size` objects, and never drops
-        // one (recycle never fails): at most `slots` creations, each a new index.
-        let index = self.created.fetch_add(1, Ordering::Relaxed);
-        if index >= self.slots {
-            return Err(io::Error::other("more slots made than configured"));
-        }
+        // deadpool creates only while it holds fewer than `max_size` slots: an index is free,
+        // or being given back by a slot just dropped.
+        let guard = self.free.take().await;
         // validate_config checked that uid_base + slots fits in a u32.
         let mut slot = SlotState {
-            index,
-            uid: self.uid_base + index as u32,
+            index: guard.index,
+            uid: self.uid_base + guard.index as u32,
             spare: None,
+            _index: guard,
         };
         if let Some(warm) = &self.warm {
             warm.ensure_spare(&mut slot).await;
@@ -90,9 +137,12 @@ pub(super) struct Slots {
 impl Slots {
     pub fn new(slots: usize, uid_base: u32, warm: Option<Arc<Warm>>) -> Result<Self, SandboxError> {
         let manager = SlotManager {
-            slots,
             uid_base,
-            created: AtomicUsize::new(0),
+            free: Arc::new(FreeIndices {
+                // Reversed so that pop() hands out slot 0 first.
+                list: Mutex::new((0..slots).rev().collect()),
+                returned: Notify::new(),
+            }),
             warm,
         };
         let pool = managed::Pool::builder(manager)
