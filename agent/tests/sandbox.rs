@@ -54,6 +54,7 @@ mod uids {
     pub const STDIO: u32 = 61_280;
     pub const LEFTOVERS: u32 = 61_290;
     pub const CANCELLED_GETS: u32 = 61_300;
+    pub const BROKEN_STUB: u32 = 61_310;
 }
 
 /// Every test here runs warm (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=off`
@@ -1047,5 +1048,28 @@ async fn runs_cancelled_while_they_start_lose_no_slot() {
     }
     let result = run(&sandbox, &bash("echo still")).await;
     assert_eq!(result.stdout, "still\n", "{result:?}");
+    sandbox.shutdown().await;
+}
+
+/// A warm path that cannot start (here a stub that is not the agent: `/bin/false` exits before
+/// it is ready) costs time, never a job: the agent starts, and every run runs cold.
+#[tokio::test]
+async fn jobs_run_cold_when_no_spare_can_start() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        uid_base: uids::BROKEN_STUB,
+        slots: 1,
+        work_dir_mb: 16,
+        warm: true,
+        stub: Some("/bin/false".into()),
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("the agent starts although no spare can");
+    assert!(sandbox.warm());
+    for _ in 0..2 {
+        let result = run(&sandbox, &bash("echo cold")).await;
+        assert_eq!(result.stdout, "cold\n", "{result:?}");
+        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    }
     sandbox.shutdown().await;
 }

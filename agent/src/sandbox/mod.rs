@@ -318,7 +318,7 @@ impl Sandbox {
                 Some(Arc::new(warm::Warm::new(preparer)))
             }
             (_, true) => {
-                tracing::warn!(
+                tracing::info!(
                     backend = %cfg.backend,
                     "warm sandboxes: off (a `process` run has no sandbox to keep warm); every \
                      run starts cold"
@@ -467,7 +467,7 @@ impl Sandbox {
             protections.is_some_and(|p| p.pids),
         );
         let spare = match &self.warm {
-            Some(warm) => warm.take(&mut slot, &plan.limits).await?,
+            Some(warm) => warm.take(&mut slot, &plan.limits).await,
             None => None,
         };
         if let (Some(warm), Some(mut spare)) = (&self.warm, spare) {

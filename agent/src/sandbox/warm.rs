@@ -27,6 +27,8 @@
 //! 2. A job takes a slot from the pool, whose recycling ([`Warm::ensure_spare`]) keeps the
 //!    spare if it is alive and younger than [`MAX_AGE`] and else prepares one there and then
 //!    (the same path, only not ahead); [`Warm::take`] takes it out of the slot for the job.
+//!    A slot left without a spare (its preparation failed, logged as a warning) runs the job
+//!    cold: a broken warm path costs time, never a job.
 //! 3. [`Prepared::begin`]: the cgroup takes the job's memory limit, and what it used so far
 //!    stops counting (see `cgroup::ExecCgroup::begin_job`). A limit below what the spare
 //!    already holds (a job asking for a few MiB) cannot be set: the spare is discarded and the
@@ -114,7 +116,10 @@ pub(super) const MAX_AGE: Duration = Duration::from_secs(10 * 60);
 pub(super) const NSJAIL_MAX_WARM_WALL: Duration = Duration::from_secs(5 * 60);
 /// nsjail's `time_limit` for a spare: its whole life ([`MAX_AGE`] at most) and then the
 /// longest job it takes, plus a second, so that it never fires before the agent's own deadline.
-const NSJAIL_SPARE_TIME_LIMIT_S: u64 = MAX_AGE.as_secs() + NSJAIL_MAX_WARM_WALL.as_secs() + 1;
+/// Its start counts too: nsjail's clock starts at launch, a spare's age at ready, up to
+/// [`READY_TIMEOUT`] later.
+const NSJAIL_SPARE_TIME_LIMIT_S: u64 =
+    MAX_AGE.as_secs() + READY_TIMEOUT.as_secs() + NSJAIL_MAX_WARM_WALL.as_secs() + 1;
 /// How long a spare may take to come up before its preparation counts as failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The stub's ready byte, on its stdout before it reads its job.
@@ -373,33 +378,17 @@ impl Warm {
         }
     }
 
-    /// Takes the slot's spare out for a job: its own if still usable, else a sandbox prepared
-    /// now; `None` when no spare can take a job of these `limits` (a wall time past an nsjail
-    /// spare's backstop): the slot's spare is then discarded, and the job runs cold.
-    pub async fn take(
-        &self,
-        slot: &mut SlotState,
-        limits: &Limits,
-    ) -> Result<Option<Prepared>, SandboxError> {
-        let spare = slot.spare.take();
-        if !self.preparer.fits(limits) {
-            if let Some(spare) = spare {
-                spare.discard().await;
-            }
-            return Ok(None);
+    /// Takes the slot's spare out for a job (the pool's recycling just made sure of it).
+    /// `None`, and the job runs cold, when the slot has none (its preparation failed: logged
+    /// there), when it died since, or when no spare can take a job of these `limits` (a wall
+    /// time past an nsjail spare's backstop; the spare is then discarded).
+    pub async fn take(&self, slot: &mut SlotState, limits: &Limits) -> Option<Prepared> {
+        let spare = slot.spare.take()?;
+        if self.preparer.fits(limits) && spare.usable() {
+            return Some(spare);
         }
-        match spare {
-            Some(spare) if spare.usable() => return Ok(Some(spare)),
-            Some(stale) => {
-                tracing::info!(
-                    slot = slot.index,
-                    "a spare sandbox died or aged out: preparing a fresh one"
-                );
-                stale.discard().await;
-            }
-            None => {}
-        }
-        self.preparer.prepare(slot.uid).await.map(Some)
+        spare.discard().await;
+        None
     }
 
     /// Prepares `slot`'s next spare in the background, holding the slot until it is in place.
