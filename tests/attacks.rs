@@ -5,12 +5,14 @@
 //! must still serve.
 //!
 //! One test per attack, each on its own pool, agent and uid range, so that the runner's summary
-//! is the count: `cargo nextest run -p warmpool --test attacks` (after
-//! `cargo build --workspace --bins`) ends with "N tests run: N passed", attacks tried /
+//! gives the count: `cargo nextest run -p warmpool --test attacks` (after
+//! `cargo build --workspace --bins`) ends with "N tests run: N passed", of which three test the
+//! "nothing left" check itself (`leftover_check::*`) and the rest are attacks tried /
 //! contained (the figure in `docs/BENCHMARKS.md`). Outcomes are those the agent must get with
 //! its defaults: per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS=auto`), the seccomp filter
 //! (`WARMPOOL_SANDBOX_SECCOMP=on`) and warm spares (`WARMPOOL_SANDBOX_WARM=on`), on bwrap, and
-//! on nsjail with `WARMPOOL_TEST_ATTACK_SANDBOX=nsjail` (`make test` runs both).
+//! on nsjail with `WARMPOOL_TEST_ATTACK_SANDBOX=nsjail`; and the same cold, with
+//! `WARMPOOL_SANDBOX_WARM=off` (the agents inherit it). `make test` runs all four.
 //!
 //! | test | attack | must end |
 //! | --- | --- | --- |
@@ -122,7 +124,8 @@ impl Range {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let processes = processes_of_uids(lo, hi);
-            let Err(left) = leftovers(&processes, SLOTS) else {
+            let slot_uids = self.uid_base..self.uid_base + SLOTS as u32;
+            let Err(left) = leftovers(&processes, slot_uids, agent_runs_warm()) else {
                 return;
             };
             assert!(Instant::now() < deadline, "{what}: {left}");
@@ -139,6 +142,12 @@ fn backend() -> &'static str {
         Ok("nsjail") => "nsjail",
         Ok(other) => panic!("WARMPOOL_TEST_ATTACK_SANDBOX={other}: expected bwrap or nsjail"),
     }
+}
+
+/// Whether the agents keep warm spares: yes unless `WARMPOOL_SANDBOX_WARM=off` (which they
+/// inherit; `make test` runs the suite so too).
+fn agent_runs_warm() -> bool {
+    std::env::var("WARMPOOL_SANDBOX_WARM").map_or(true, |v| v != "off")
 }
 
 /// Refuses to continue unless the sandbox is proven: uid, network, process limit.
@@ -616,6 +625,7 @@ fn memory_cgroup_available() -> bool {
 struct Process {
     pid: u32,
     ppid: u32,
+    uid: u32,
     /// The `pid:[inode]` of its pid namespace.
     pid_ns: String,
     argv: Vec<String>,
@@ -643,9 +653,9 @@ fn processes_of_uids(lo: u32, hi: u32) -> Vec<Process> {
                 .and_then(|v| v.split_whitespace().next())
                 .and_then(|v| v.parse::<u32>().ok())
         };
-        if !field("Uid:").is_some_and(|uid| (lo..hi).contains(&uid)) {
+        let Some(uid) = field("Uid:").filter(|uid| (lo..hi).contains(uid)) else {
             continue;
-        }
+        };
         let (Some(ppid), Ok(pid_ns), Ok(cmdline)) = (
             field("PPid:"),
             std::fs::read_link(entry.path().join("ns/pid")),
@@ -656,6 +666,7 @@ fn processes_of_uids(lo: u32, hi: u32) -> Vec<Process> {
         found.push(Process {
             pid,
             ppid,
+            uid,
             pid_ns: pid_ns.to_string_lossy().into_owned(),
             argv: cmdline
                 .split(|&b| b == 0)
@@ -689,21 +700,27 @@ fn is_sandbox_init(p: &Process) -> bool {
     bwrap || nsjail_loader
 }
 
-/// `Ok` when every process of `processes` (a uid range's) belongs to an idle warm spare, at
-/// most `max_spares` of them; else what is left, to print. A spare is a pid namespace of its
-/// own holding exactly the sandbox's init and the waiting stub, plus, outside it, the chain of
-/// launcher processes (the agent's reaper shim and the outer bwrap or nsjail) that leads to
-/// it. A process an execution left behind is in that execution's pid namespace (every sandbox
-/// has its own), which holds something other than an init and a waiting stub, or in no
-/// spare's chain at all: either way it is reported.
-fn leftovers(processes: &[Process], max_spares: usize) -> Result<(), String> {
+/// `Ok` when the processes of a uid range (`processes`) are exactly the idle warm spares of
+/// an agent whose slots run as `slot_uids`, one per slot (`expect_spares`: every slot's, or
+/// none when the agent runs cold); else what is wrong, to print. A spare is a pid namespace of
+/// its own holding exactly the sandbox's init and the waiting stub, both of one slot uid, plus,
+/// outside it, the chain of launcher processes (the agent's reaper shim and the outer bwrap or
+/// nsjail) that leads to it. A process an execution left behind is in that execution's pid
+/// namespace (every sandbox has its own), which holds something other than an init and a
+/// waiting stub, or in no spare's chain at all; and one that poses as a spare is a second
+/// spare of its slot's uid: each way it is reported.
+fn leftovers(
+    processes: &[Process],
+    slot_uids: std::ops::Range<u32>,
+    expect_spares: bool,
+) -> Result<(), String> {
     let report = |why: &str| {
         let list: Vec<String> = processes
             .iter()
             .map(|p| {
                 format!(
-                    "  {} (parent {}, {}): {:?}",
-                    p.pid, p.ppid, p.pid_ns, p.argv
+                    "  {} (parent {}, uid {}, {}): {:?}",
+                    p.pid, p.ppid, p.uid, p.pid_ns, p.argv
                 )
             })
             .collect();
@@ -720,7 +737,7 @@ fn leftovers(processes: &[Process], max_spares: usize) -> Result<(), String> {
         .map(|l| l.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut accounted = std::collections::HashSet::new();
-    let mut spares = 0;
+    let mut spare_uids = std::collections::BTreeSet::new();
     for (ns, members) in &namespaces {
         if *ns == own_ns {
             continue; // launchers: accounted for below, through the spares they lead to
@@ -730,26 +747,35 @@ fn leftovers(processes: &[Process], max_spares: usize) -> Result<(), String> {
             && stubs.len() == 1
             && members
                 .iter()
-                .any(|p| is_sandbox_init(p) && stubs[0].ppid == p.pid);
+                .any(|p| is_sandbox_init(p) && stubs[0].ppid == p.pid)
+            && members.iter().all(|p| p.uid == stubs[0].uid);
         if !spare {
             return report(&format!("pid namespace {ns} is not an idle warm spare"));
         }
-        spares += 1;
+        if !slot_uids.contains(&stubs[0].uid) || !spare_uids.insert(stubs[0].uid) {
+            return report(&format!(
+                "a second spare of uid {}, or one of no slot",
+                stubs[0].uid
+            ));
+        }
         // The spare and its launcher chain, up to the first process not of the range.
         let mut next = Some(stubs[0].pid);
         while let Some(pid) = next.filter(|pid| accounted.insert(*pid)) {
             next = processes.iter().find(|p| p.pid == pid).map(|p| p.ppid);
         }
     }
-    if spares > max_spares {
+    if let Some(p) = processes.iter().find(|p| !accounted.contains(&p.pid)) {
+        return report(&format!("process {} belongs to no idle warm spare", p.pid));
+    }
+    let expected = if expect_spares { slot_uids.len() } else { 0 };
+    if spare_uids.len() != expected {
+        // Not yet: a refill is still under way.
         return report(&format!(
-            "{spares} spares where the agent keeps at most {max_spares}"
+            "{} idle spares where the agent keeps {expected}",
+            spare_uids.len()
         ));
     }
-    match processes.iter().find(|p| !accounted.contains(&p.pid)) {
-        Some(p) => report(&format!("process {} belongs to no idle warm spare", p.pid)),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -757,10 +783,14 @@ mod leftover_check {
     //! The check itself, on made-up process lists: it must see what it is there to see.
     use super::*;
 
-    fn p(pid: u32, ppid: u32, ns: &str, argv: &[&str]) -> Process {
+    /// Slot uids of the made-up agent: two slots.
+    const UIDS: std::ops::Range<u32> = 60_000..60_002;
+
+    fn p(pid: u32, ppid: u32, uid: u32, ns: &str, argv: &[&str]) -> Process {
         Process {
             pid,
             ppid,
+            uid,
             pid_ns: ns.into(),
             argv: argv.iter().map(|a| a.to_string()).collect(),
         }
@@ -773,100 +803,124 @@ mod leftover_check {
             .into_owned()
     }
 
-    /// One spare: the shim (the agent binary), the outer bwrap, then in its own pid namespace
-    /// bwrap's init and the stub.
-    fn spare(base: u32, ns: &str) -> Vec<Process> {
+    /// One bwrap spare of `uid`: the shim (the agent binary), the outer bwrap, then in its own
+    /// pid namespace bwrap's init and the stub.
+    fn spare(base: u32, uid: u32, ns: &str) -> Vec<Process> {
         let own = own();
+        let agent = ["/work/target/debug/warmpool-agent", "--vm-id", "x"];
         vec![
+            p(base, 1, uid, &own, &agent),
             p(
+                base + 1,
                 base,
-                1,
+                uid,
                 &own,
-                &["/work/target/debug/warmpool-agent", "--vm-id", "x"],
+                &["/usr/bin/bwrap", "--unshare-all"],
             ),
-            p(base + 1, base, &own, &["/usr/bin/bwrap", "--unshare-all"]),
-            p(base + 2, base + 1, ns, &["/usr/bin/bwrap", "--unshare-all"]),
+            p(
+                base + 2,
+                base + 1,
+                uid,
+                ns,
+                &["/usr/bin/bwrap", "--unshare-all"],
+            ),
             p(
                 base + 3,
                 base + 2,
+                uid,
                 ns,
                 &["/.warmpool-stub", "sandbox-stub", "5"],
             ),
         ]
     }
 
+    fn two_spares() -> Vec<Process> {
+        [spare(100, 60_000, "pid:[1]"), spare(200, 60_001, "pid:[2]")].concat()
+    }
+
     #[test]
     fn idle_spares_are_not_leftovers() {
-        assert!(leftovers(&[], 2).is_ok());
-        let two = [spare(100, "pid:[1]"), spare(200, "pid:[2]")].concat();
-        assert!(leftovers(&two, 2).is_ok(), "{:?}", leftovers(&two, 2));
+        assert!(leftovers(&[], UIDS, false).is_ok());
+        let two = two_spares();
+        assert!(
+            leftovers(&two, UIDS.clone(), true).is_ok(),
+            "{:?}",
+            leftovers(&two, UIDS, true)
+        );
         // nsjail's: the shim, nsjail, then its loader (bash) and the stub exec'd by its fd.
         let own = own();
-        let nsjail = vec![
-            p(
-                300,
-                1,
-                &own,
-                &["/work/target/debug/warmpool-agent", "--vm-id", "x"],
-            ),
+        let agent = ["/work/target/debug/warmpool-agent", "--vm-id", "x"];
+        let loader = ["/bin/bash", "-c", "umask 022", "warmpool-init", "4"];
+        let mut nsjail = spare(100, 60_000, "pid:[1]");
+        nsjail.extend([
+            p(300, 1, 60_001, &own, &agent),
             p(
                 301,
                 300,
+                60_001,
                 &own,
                 &["/opt/nsjail", "--config", "/proc/self/fd/5"],
             ),
-            p(
-                302,
-                301,
-                "pid:[3]",
-                &["/bin/bash", "-c", "umask 022", "warmpool-init", "4"],
-            ),
+            p(302, 301, 60_001, "pid:[3]", &loader),
             p(
                 303,
                 302,
+                60_001,
                 "pid:[3]",
                 &["/proc/self/fd/9", "sandbox-stub", "10"],
             ),
-        ];
-        assert!(leftovers(&nsjail, 2).is_ok(), "{:?}", leftovers(&nsjail, 2));
+        ]);
+        assert!(
+            leftovers(&nsjail, UIDS, true).is_ok(),
+            "{:?}",
+            leftovers(&nsjail, UIDS, true)
+        );
     }
 
     #[test]
     fn survivors_are_leftovers() {
         // A daemon left in a finished execution's namespace, next to its init.
-        let mut daemon = spare(100, "pid:[1]");
-        daemon.push(p(300, 102, "pid:[9]", &["/usr/bin/bwrap"]));
-        daemon.push(p(301, 300, "pid:[9]", &["sleep", "60"]));
-        assert!(leftovers(&daemon, 2).is_err());
+        let mut daemon = two_spares();
+        daemon.push(p(300, 102, 60_000, "pid:[9]", &["/usr/bin/bwrap"]));
+        daemon.push(p(301, 300, 60_000, "pid:[9]", &["sleep", "60"]));
+        assert!(leftovers(&daemon, UIDS, true).is_err());
         // A daemon that joined a spare's namespace, or took the stub's name there.
-        let mut joined = spare(100, "pid:[1]");
-        joined.push(p(301, 102, "pid:[1]", &["sleep", "60"]));
-        assert!(leftovers(&joined, 2).is_err());
-        let mut posing = spare(100, "pid:[1]");
-        posing.push(p(
-            301,
-            102,
-            "pid:[1]",
-            &["/.warmpool-stub", "sandbox-stub", "5"],
-        ));
-        assert!(leftovers(&posing, 2).is_err());
+        let mut joined = two_spares();
+        joined.push(p(301, 102, 60_000, "pid:[1]", &["sleep", "60"]));
+        assert!(leftovers(&joined, UIDS, true).is_err());
+        let mut posing = two_spares();
+        let stub = ["/.warmpool-stub", "sandbox-stub", "5"];
+        posing.push(p(301, 102, 60_000, "pid:[1]", &stub));
+        assert!(leftovers(&posing, UIDS, true).is_err());
+        // A survivor that re-exec'd itself as a stub in its own (dead execution's) namespace,
+        // next to its init: the shape of a spare, but a second one of its slot's uid.
+        let mut second = two_spares();
+        second.extend(spare(400, 60_000, "pid:[4]"));
+        assert!(leftovers(&second, UIDS, true).is_err());
         // A process outside any namespace that leads to no spare.
-        let mut stray = spare(100, "pid:[1]");
-        stray.push(p(400, 1, &own(), &["sleep", "60"]));
-        assert!(leftovers(&stray, 2).is_err());
-        // A lone stub-shaped namespace whose stub is not bwrap init's child.
+        let mut stray = two_spares();
+        stray.push(p(400, 1, 60_000, &own(), &["sleep", "60"]));
+        assert!(leftovers(&stray, UIDS, true).is_err());
+        // A lone stub-shaped namespace whose stub is not the init's child.
         let orphan = vec![
-            p(500, 1, "pid:[3]", &["/usr/bin/bwrap"]),
-            p(501, 1, "pid:[3]", &["/.warmpool-stub", "sandbox-stub", "5"]),
+            p(500, 1, 60_000, "pid:[3]", &["/usr/bin/bwrap"]),
+            p(501, 1, 60_000, "pid:[3]", &stub),
         ];
-        assert!(leftovers(&orphan, 2).is_err());
-        // More spares than slots.
-        let three = [
-            spare(100, "pid:[1]"),
-            spare(200, "pid:[2]"),
-            spare(300, "pid:[3]"),
-        ]
-        .concat();
-        assert!(leftovers(&three, 2).is_err());
+        assert!(leftovers(&orphan, UIDS, true).is_err());
+        // A spare of a uid that is no slot's, and a namespace of two uids.
+        let foreign = [spare(100, 60_000, "pid:[1]"), spare(200, 60_009, "pid:[2]")].concat();
+        assert!(leftovers(&foreign, UIDS, true).is_err());
+        let mut mixed = two_spares();
+        mixed[3].uid = 60_001;
+        assert!(leftovers(&mixed, UIDS, true).is_err());
+    }
+
+    #[test]
+    fn the_check_waits_for_every_spare_and_for_none_when_cold() {
+        // A refill still under way: one spare of two, or none yet.
+        assert!(leftovers(&spare(100, 60_000, "pid:[1]"), UIDS, true).is_err());
+        assert!(leftovers(&[], UIDS, true).is_err());
+        // An agent running cold keeps none.
+        assert!(leftovers(&two_spares(), UIDS, false).is_err());
     }
 }

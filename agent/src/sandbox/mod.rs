@@ -30,7 +30,8 @@
 //! Not yet: a CPU share per execution (`cpu.max`).
 //!
 //! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM`, on by
-//! default, either backend) every row above holds unchanged: the sandbox is the same, only
+//! default, either backend) every row above holds unchanged (but for nsjail's wall-clock
+//! backstop, which a spare must set before its job is known; see `warm`): the sandbox is the same, only
 //! launched before its job came, with the agent binary as a stub in place of the program (see `warm`). The stub runs
 //! under the same uid, namespaces, capabilities and seccomp filter as the program it then
 //! becomes; it writes the job's files (`O_CREAT|O_EXCL|O_NOFOLLOW`) and lowers its CPU (and,

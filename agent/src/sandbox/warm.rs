@@ -45,9 +45,9 @@
 //! # Guarantees
 //! - Used once: a spare is taken out of its slot before the hand-over and never put back; its
 //!   sandbox ends with its job and is reaped and its cgroup removed as in a cold run.
-//! - The stub can do nothing the program could not: it is exec'd by bwrap after the uid drop,
-//!   capability drop and seccomp filter, as the program would be; it only lowers its own
-//!   limits. It trusts nothing but its pipe, and checks even that (names, sizes, NULs).
+//! - The stub can do nothing the program could not: it is exec'd inside the sandbox (by bwrap,
+//!   or by nsjail's init) after the uid drop, capability drop and seccomp filter, as the
+//!   program would be; it only lowers its own limits. It trusts nothing but its pipe, and checks even that (names, sizes, NULs).
 //! - [`Warm::shutdown`] (the agent's shutdown) waits for the refills in flight, then kills
 //!   the spare of every idle slot and removes its cgroup (a running job's slot has none). A spare dropped any other way is killed and reaped
 //!   by its `child::Spawned` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
@@ -151,8 +151,8 @@ enum Held {
 pub(super) struct Preparer {
     pub launch: Launch,
     pub cgroups: Option<Cgroups>,
-    /// An `O_PATH` fd on the agent binary, bound into each sandbox with `--ro-bind-fd` (the
-    /// slot uid may not traverse the directories of its path).
+    /// An `O_PATH` fd on the agent binary (the slot uid may not traverse the directories of its
+    /// path): bound into each bwrap sandbox with `--ro-bind-fd`, exec'd through by nsjail's.
     pub stub: OwnedFd,
     pub work_dir_mb: u64,
     /// The job's limits except CPU time and address space, which the stub sets.
