@@ -22,6 +22,7 @@ pub mod executions;
 pub mod gce;
 pub mod model;
 pub mod pool;
+pub mod procfs;
 pub mod redis_server;
 pub mod routing;
 pub mod runtimes;

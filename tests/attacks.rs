@@ -620,62 +620,14 @@ fn memory_cgroup_available() -> bool {
             .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
 }
 
-/// A process of a sandbox uid, as `/proc` shows it.
-#[derive(Debug, Clone)]
-struct Process {
-    pid: u32,
-    ppid: u32,
-    uid: u32,
-    /// The `pid:[inode]` of its pid namespace.
-    pid_ns: String,
-    argv: Vec<String>,
-}
+use warmpool::procfs::Process;
 
-/// Every process on this machine running as a uid in `lo..hi` (one that exits while it is
-/// read is skipped).
+/// Every process on this machine running as a uid in `lo..hi`.
 fn processes_of_uids(lo: u32, hi: u32) -> Vec<Process> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u32>().ok())
-        };
-        let Some(uid) = field("Uid:").filter(|uid| (lo..hi).contains(uid)) else {
-            continue;
-        };
-        let (Some(ppid), Ok(pid_ns), Ok(cmdline)) = (
-            field("PPid:"),
-            std::fs::read_link(entry.path().join("ns/pid")),
-            std::fs::read(entry.path().join("cmdline")),
-        ) else {
-            continue;
-        };
-        found.push(Process {
-            pid,
-            ppid,
-            uid,
-            pid_ns: pid_ns.to_string_lossy().into_owned(),
-            argv: cmdline
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect(),
-        });
-    }
-    found
+    warmpool::procfs::processes()
+        .into_iter()
+        .filter(|p| (lo..hi).contains(&p.uid))
+        .collect()
 }
 
 /// The agent's warm-spare stub as it waits for a job: `warmpool-agent sandbox-stub FD`, bound
@@ -719,7 +671,7 @@ fn leftovers(
             .iter()
             .map(|p| {
                 format!(
-                    "  {} (parent {}, uid {}, {}): {:?}",
+                    "  {} (parent {}, uid {}, {:?}): {:?}",
                     p.pid, p.ppid, p.uid, p.pid_ns, p.argv
                 )
             })
@@ -731,7 +683,10 @@ fn leftovers(
     };
     let mut namespaces: std::collections::BTreeMap<&str, Vec<&Process>> = Default::default();
     for p in processes {
-        namespaces.entry(&p.pid_ns).or_default().push(p);
+        namespaces
+            .entry(p.pid_ns.as_deref().unwrap_or_default())
+            .or_default()
+            .push(p);
     }
     let own_ns = std::fs::read_link("/proc/self/ns/pid")
         .map(|l| l.to_string_lossy().into_owned())
@@ -786,12 +741,12 @@ mod leftover_check {
     /// Slot uids of the made-up agent: two slots.
     const UIDS: std::ops::Range<u32> = 60_000..60_002;
 
-    fn p(pid: u32, ppid: u32, uid: u32, ns: &str, argv: &[&str]) -> Process {
+    fn p(pid: i32, ppid: i32, uid: u32, ns: &str, argv: &[&str]) -> Process {
         Process {
             pid,
             ppid,
             uid,
-            pid_ns: ns.into(),
+            pid_ns: Some(ns.into()),
             argv: argv.iter().map(|a| a.to_string()).collect(),
         }
     }
@@ -805,7 +760,7 @@ mod leftover_check {
 
     /// One bwrap spare of `uid`: the shim (the agent binary), the outer bwrap, then in its own
     /// pid namespace bwrap's init and the stub.
-    fn spare(base: u32, uid: u32, ns: &str) -> Vec<Process> {
+    fn spare(base: i32, uid: u32, ns: &str) -> Vec<Process> {
         let own = own();
         let agent = ["/work/target/debug/warmpool-agent", "--vm-id", "x"];
         vec![

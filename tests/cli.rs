@@ -10,16 +10,11 @@ use common::*;
 
 /// Live processes whose command line contains `needle`.
 fn processes_matching(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                found.push(cmd);
-            }
-        }
-    }
-    found
+    warmpool::procfs::processes()
+        .into_iter()
+        .map(|p| p.argv.join(" "))
+        .filter(|cmd| cmd.contains(needle))
+        .collect()
 }
 
 #[test]

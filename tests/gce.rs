@@ -84,28 +84,11 @@ struct Leftovers(u32);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let uid = std::fs::read_to_string(entry.path().join("status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Uid:"))
-                        .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
-                });
-            if uid.is_some_and(|u| (self.0..self.0 + 10).contains(&u)) {
-                eprintln!("killing leftover sandbox process {pid} (uid {uid:?})");
+        for p in warmpool::procfs::processes() {
+            if (self.0..self.0 + 10).contains(&p.uid) {
+                eprintln!("killing leftover sandbox process {} (uid {})", p.pid, p.uid);
                 unsafe {
-                    libc::kill(pid, libc::SIGKILL);
+                    libc::kill(p.pid, libc::SIGKILL);
                 }
             }
         }

@@ -844,13 +844,7 @@ async fn stdio_can_be_reopened_by_path() {
     let Some(sandbox) = sandbox_or_skip("stdio", uids::STDIO, 1, CgroupMode::Auto).await else {
         return;
     };
-    let result = run(&sandbox, &common::stdio_by_path()).await;
-    assert_eq!(
-        (result.stdout.as_str(), result.stderr.as_str()),
-        (common::STDIO_BY_PATH_OUT, common::STDIO_BY_PATH_ERR),
-        "{result:?}"
-    );
-    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    common::check_stdio_by_path(&run(&sandbox, &common::stdio_by_path()).await);
 }
 
 /// nsjail's log pipe (the init's fd 2, reachable as `/proc/1/fd/2`) stays root's: a program

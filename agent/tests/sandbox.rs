@@ -944,13 +944,7 @@ async fn what_a_dead_agent_left_in_its_cgroups_is_killed_at_the_next_start() {
 #[tokio::test]
 async fn stdio_can_be_reopened_by_path() {
     let sandbox = sandbox(uids::STDIO, 1).await;
-    let result = run(&sandbox, &common::stdio_by_path()).await;
-    assert_eq!(
-        (result.stdout.as_str(), result.stderr.as_str()),
-        (common::STDIO_BY_PATH_OUT, common::STDIO_BY_PATH_ERR),
-        "{result:?}"
-    );
-    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    common::check_stdio_by_path(&run(&sandbox, &common::stdio_by_path()).await);
 }
 
 /// A process of `uid` running `sleep 60` as `argv0`, the child of this (root) test process.

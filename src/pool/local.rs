@@ -177,36 +177,23 @@ fn find_agents(pool: &str, vm_id: Option<&str>) -> Vec<i32> {
 /// forked helpers (the sandbox reaper) share its command line until they exec, so a VM can
 /// show several pids: all are listed (delete kills them all).
 fn find_agent_vms(pool: &str) -> Vec<(String, i32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-        if !args.first().is_some_and(|a| a.ends_with(b"warmpool-agent")) {
+    for p in crate::procfs::processes() {
+        if !p.program().ends_with("warmpool-agent") {
             continue;
         }
-        let value = |flag: &[u8]| {
-            args.windows(2)
+        let value = |flag: &str| {
+            p.argv
+                .windows(2)
                 .find(|w| w[0] == flag)
-                .map(|w| String::from_utf8_lossy(w[1]).into_owned())
+                .map(|w| w[1].clone())
         };
-        if value(b"--pool").as_deref() != Some(pool) {
+        if value("--pool").as_deref() != Some(pool) {
             continue;
         }
         // A zombie has an empty cmdline, so it never matches.
-        if let Some(vm) = value(b"--vm-id") {
-            out.push((vm, pid));
+        if let Some(vm) = value("--vm-id") {
+            out.push((vm, p.pid));
         }
     }
     out

@@ -18,7 +18,10 @@
 //! Programs themselves are never matched by name: under the `process` backend a program is the
 //! agent's own child (root, not of the range) and must not be killed by a neighbour.
 
+use std::collections::HashMap;
 use std::path::Path;
+
+use warmpool::procfs;
 
 /// What `/proc` says of one process, as far as the decision needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,18 +45,15 @@ pub(super) fn is_leftover(p: &Seen, uids: std::ops::Range<u32>) -> bool {
 
 /// Kills every leftover of a dead agent on `uids`; returns how many it killed.
 pub(super) fn kill(uids: std::ops::Range<u32>) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
+    let processes = procfs::processes();
+    let uid_of: HashMap<i32, u32> = processes.iter().map(|p| (p.pid, p.uid)).collect();
     let mut killed = 0;
-    for entry in entries.flatten() {
-        let Some(seen) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-            .and_then(read)
-        else {
-            continue;
+    for p in &processes {
+        let seen = Seen {
+            pid: p.pid,
+            uid: p.uid,
+            parent_uid: uid_of.get(&p.ppid).copied(),
+            argv0: p.program().to_string(),
         };
         if is_leftover(&seen, uids.clone()) {
             // SAFETY: kill on a pid; one that exited meanwhile fails with ESRCH.
@@ -65,37 +65,6 @@ pub(super) fn kill(uids: std::ops::Range<u32>) -> usize {
         }
     }
     killed
-}
-
-/// One process, or `None` if it exited while it was read.
-fn read(pid: i32) -> Option<Seen> {
-    let dir = Path::new("/proc").join(pid.to_string());
-    let status = std::fs::read_to_string(dir.join("status")).ok()?;
-    let uid = field(&status, "Uid:")?;
-    let ppid = field(&status, "PPid:")?;
-    let parent_uid =
-        std::fs::read_to_string(Path::new("/proc").join(ppid.to_string()).join("status"))
-            .ok()
-            .and_then(|s| field(&s, "Uid:"));
-    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
-    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-    Some(Seen {
-        pid,
-        uid,
-        parent_uid,
-        argv0: String::from_utf8_lossy(argv0).into_owned(),
-    })
-}
-
-/// The first number of a `/proc/PID/status` line (`Uid:` gives the real uid).
-fn field(status: &str, name: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use warmpool::model::{FileSpec, Job, Limits};
+use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
 
 pub fn limits() -> Limits {
     Limits {
@@ -42,8 +42,8 @@ pub fn python(source: &str) -> Job {
 }
 
 /// A program that reopens its stdio by path (`/dev/stdin`, `/dev/stdout`, `/dev/stderr`, as
-/// node's `readFileSync('/dev/stdin')` does), given stdin `"in"`; it must print
-/// [`STDIO_BY_PATH_OUT`] and [`STDIO_BY_PATH_ERR`].
+/// node's `readFileSync('/dev/stdin')` does), given stdin `"in"`; its result must pass
+/// [`check_stdio_by_path`].
 pub fn stdio_by_path() -> Job {
     let mut job = python(
         "print('read', open('/dev/stdin').read(), flush=True)\n\
@@ -53,25 +53,21 @@ pub fn stdio_by_path() -> Job {
     job.stdin = "in".into();
     job
 }
-pub const STDIO_BY_PATH_OUT: &str = "read in\nout\n";
-pub const STDIO_BY_PATH_ERR: &str = "err\n";
+pub fn check_stdio_by_path(result: &ExecutionResult) {
+    assert_eq!(
+        (result.stdout.as_str(), result.stderr.as_str()),
+        ("read in\nout\n", "err\n"),
+        "{result:?}"
+    );
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+}
 
 /// Pids of every process whose real uid is `uid`, zombies included.
 pub fn processes_of(uid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|status| {
-                    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-                    line.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(uid)
-        })
+    warmpool::procfs::processes()
+        .into_iter()
+        .filter(|p| p.uid == uid)
+        .map(|p| p.pid as u32)
         .collect()
 }
 
