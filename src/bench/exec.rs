@@ -1,5 +1,11 @@
 //! End-to-end latency of a trivial program through API → Redis → agent → sandbox, against the
 //! same sandbox run directly by the agent binary (`warmpool-agent bench-sandbox`), in one run.
+//!
+//! Both phases time a job that reaches an idle agent: `bench-sandbox` lets the slot's warm
+//! refill finish before each run, and the end-to-end phase leaves `--gap-ms` between one
+//! result and the next submission (untimed), as a game's moves come, so that its refill
+//! finishes too. Back to back on one slot a job would wait for the refill its predecessor
+//! started; `--warm off` measures the cold sandbox instead.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +24,12 @@ pub struct ExecArgs {
     /// Sandbox backend of the agent (`bwrap`, or `process` for an unsandboxed comparison).
     #[arg(long, default_value = "bwrap")]
     sandbox: String,
+    /// Warm sandboxes in the agent (`on`, its default, or `off`), for both phases.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    warm: String,
+    /// Untimed pause between one end-to-end result and the next submission.
+    #[arg(long, default_value_t = 100)]
+    gap_ms: u64,
 }
 
 const POOL: &str = "bench";
@@ -43,6 +55,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<Report> {
             PROGRAM,
         ])
         .env("WARMPOOL_AGENT_SANDBOX", &args.sandbox)
+        .env("WARMPOOL_SANDBOX_WARM", &args.warm)
         .env("WARMPOOL_AGENT_SLOTS", "1")
         .stderr(Stdio::inherit())
         .output()?;
@@ -61,6 +74,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<Report> {
         .env("WARMPOOL_REDIS_URL", redis.url())
         .env("WARMPOOL_POOL", POOL)
         .env("WARMPOOL_AGENT_SANDBOX", &args.sandbox)
+        .env("WARMPOOL_SANDBOX_WARM", &args.warm)
         .env("WARMPOOL_AGENT_SLOTS", "1")
         .env("WARMPOOL_LOG", "warn")
         .stdin(Stdio::null())
@@ -89,6 +103,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<Report> {
         let url = format!("{}/v1/games/bench-game/executions?wait_s=30", replica.url);
         let mut samples = Vec::with_capacity(args.runs);
         for i in 0..args.runs + 5 {
+            tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
             let t = Instant::now();
             let r = client
                 .post(&url)
@@ -117,12 +132,12 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<Report> {
     let over50 = round2(e2e.p50_ms - direct.p50_ms);
     let over99 = round2(e2e.p99_ms - direct.p99_ms);
     let table = format!(
-        "warmpool bench exec (python `{PROGRAM}`, {} runs per phase, sandbox {})\n\
+        "warmpool bench exec (python `{PROGRAM}`, {} runs per phase, sandbox {}, warm {}, gap {} ms)\n\
          {:<40} {:>9} {:>9} {:>9}\n\
          {:<40} {:>9} {:>9} {:>9}\n\
          {:<40} {:>9} {:>9} {:>9}\n\
          overhead over the bare sandbox: p50 {over50} ms (target < 10), p99 {over99} ms (target < 30)",
-        args.runs, args.sandbox,
+        args.runs, args.sandbox, args.warm, args.gap_ms,
         "phase", "p50 ms", "p99 ms", "max ms",
         "sandbox run directly (baseline)", direct.p50_ms, direct.p99_ms, direct.max_ms,
         "API -> Redis -> agent -> sandbox", e2e.p50_ms, e2e.p99_ms, e2e.max_ms,
@@ -131,6 +146,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<Report> {
         "bench": "exec",
         "runs": args.runs,
         "sandbox": args.sandbox,
+        "warm": args.warm,
+        "gap_ms": args.gap_ms,
         "direct": direct,
         "end_to_end": e2e,
         "overhead_p50_ms": over50,
