@@ -103,6 +103,10 @@ pub struct Settings {
     /// allows, warn if not), `required` (refuse to start without them) or `off`.
     #[arg(long, env = "WARMPOOL_SANDBOX_CGROUPS", default_value = "auto")]
     pub sandbox_cgroups: String,
+    /// CPU cap of each execution, in cores (its cgroup's bandwidth limit): a program cannot
+    /// take more than this from the other games on the VM. 0: no cap.
+    #[arg(long, env = "WARMPOOL_SANDBOX_CPUS", default_value_t = 1.0)]
+    pub sandbox_cpus: f64,
     /// The bwrap sandbox's seccomp filter (see `sandbox::seccomp`): `on`, or `off` only to
     /// measure what it costs (`warmpool bench sandbox`).
     #[arg(long, env = "WARMPOOL_SANDBOX_SECCOMP", default_value = "on", value_parser = ["on", "off"])]
@@ -279,6 +283,12 @@ async fn make_sandbox(s: &Settings) -> anyhow::Result<Sandbox> {
             .map_err(|e| anyhow::anyhow!("WARMPOOL_SANDBOX_CGROUPS: {e}"))?,
         seccomp: s.sandbox_seccomp == "on",
         warm: s.sandbox_warm == "on",
+        // Out of range (negative, NaN, huge) saturates and is refused by the sandbox's check.
+        cpu_millis: if s.sandbox_cpus.is_finite() && s.sandbox_cpus >= 0.0 {
+            (s.sandbox_cpus * 1000.0).round() as u32
+        } else {
+            u32::MAX
+        },
         ..SandboxConfig::default()
     })
     .await

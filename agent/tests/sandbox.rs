@@ -55,6 +55,7 @@ mod uids {
     pub const LEFTOVERS: u32 = 61_290;
     pub const CANCELLED_GETS: u32 = 61_300;
     pub const BROKEN_STUB: u32 = 61_310;
+    pub const CPU_CAP: u32 = 61_320;
 }
 
 /// Every test here runs warm (the agent's default) unless `WARMPOOL_TEST_SANDBOX_WARM=off`
@@ -1065,5 +1066,44 @@ async fn jobs_run_cold_when_no_spare_can_start() {
         assert_eq!(result.stdout, "cold\n", "{result:?}");
         assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
     }
+    sandbox.shutdown().await;
+}
+
+/// The per-execution CPU cap (`WARMPOOL_SANDBOX_CPUS`, here half a core): two processes
+/// spinning for 1.5 s get at most half a core's time between them (uncapped, on this 2-core
+/// machine, they take up to 3 s of CPU), so one game cannot starve the others on its VM.
+#[tokio::test]
+async fn a_busy_program_gets_no_more_cpu_than_its_cap() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        uid_base: uids::CPU_CAP,
+        slots: 1,
+        work_dir_mb: 16,
+        cpu_millis: 500,
+        ..base_config()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"));
+    if !cgroups_or_skip(&sandbox, "the CPU cap", |p| p.cpu_limit && p.cpu_accounting) {
+        return;
+    }
+    let mut job = python(
+        "import os, time\n\
+         end = time.time() + 1.5\n\
+         child = os.fork()\n\
+         while time.time() < end:\n    pass\n\
+         if child:\n    os.wait()\n",
+    );
+    job.limits.wall_time_ms = 10_000;
+    job.limits.cpu_time_ms = 10_000;
+    let result = run(&sandbox, &job).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    // Half of the wall time, plus one period's (100 ms) worth of burst and some start-up.
+    let cap_ms = result.wall_time_ms / 2 + 100;
+    assert!(
+        result.cpu_time_ms <= cap_ms,
+        "{} ms of CPU in {} ms of wall time: over half a core ({result:?})",
+        result.cpu_time_ms,
+        result.wall_time_ms
+    );
     sandbox.shutdown().await;
 }

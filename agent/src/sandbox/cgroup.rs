@@ -8,11 +8,13 @@
 //!   controllers, so if the agent is alone in `P` it first moves itself into the leaf
 //!   `P/warmpool-agent`, then enables `memory` and `pids` in `P/cgroup.subtree_control`.
 //!   Limits: `memory.max`, `memory.swap.max = 0`, `memory.oom.group = 1` (an OOM kill takes the
-//!   whole sandbox), `pids.max`. Figures: `memory.peak`, `memory.events` `oom_kill`, `cpu.stat`
+//!   whole sandbox), `pids.max`, `cpu.max` (with the `cpu` controller, enabled like the others
+//!   when there is a cap). Figures: `memory.peak`, `memory.events` `oom_kill`, `cpu.stat`
 //!   `usage_usec`.
 //! - **v1** (one hierarchy per controller): the same name under the agent's cgroup in each of
 //!   the `memory`, `pids` and `cpuacct` hierarchies. Limits: `memory.limit_in_bytes` and
-//!   `memory.memsw.limit_in_bytes` (no swap, where swap accounting exists), `pids.max`.
+//!   `memory.memsw.limit_in_bytes` (no swap, where swap accounting exists), `pids.max`, and in
+//!   the `cpu` hierarchy (often the accounting one) `cpu.cfs_quota_us` per `cpu.cfs_period_us`.
 //!   Figures: `memory.max_usage_in_bytes`, `memory.oom_control` `oom_kill`, `cpuacct.usage`.
 //!
 //! # Expected flow
@@ -117,7 +119,14 @@ pub struct CgroupProtections {
     pub pids: bool,
     /// CPU time per execution from the cgroup (else from the reaper's rusage).
     pub cpu_accounting: bool,
+    /// A CPU bandwidth cap per execution (`cpu.max`, v1 `cpu.cfs_quota_us`): one execution
+    /// cannot take more than its share of the VM's cores from the others. `false` also when
+    /// the cap is configured off.
+    pub cpu_limit: bool,
 }
+
+/// The CPU bandwidth period, in microseconds: the cap is `cpus` times this per period.
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// Tasks (processes and threads) per execution under the pids controller. The sandbox's own
 /// three (reaper shim, bwrap, bwrap's init) count too.
@@ -137,6 +146,9 @@ pub(super) struct Cgroups {
     memory: Option<PathBuf>,
     pids: Option<PathBuf>,
     cpu: Option<PathBuf>,
+    /// Where the CPU bandwidth cap is written (v1: the `cpu` hierarchy, which may be the
+    /// accounting one), and the cap per [`CPU_PERIOD_US`]; `None` without a cap.
+    cpu_limit: Option<(PathBuf, u64)>,
 }
 
 impl Cgroups {
@@ -146,6 +158,7 @@ impl Cgroups {
             memory: self.memory.is_some(),
             pids: self.pids.is_some(),
             cpu_accounting: self.cpu.is_some(),
+            cpu_limit: self.cpu_limit.is_some(),
         }
     }
 
@@ -159,6 +172,7 @@ impl Cgroups {
             memory: None,
             pids: None,
             cpu: None,
+            cpu_limit: None,
             dirs: Vec::new(),
             finished: false,
             cpu_baseline_ns: 0,
@@ -179,9 +193,14 @@ impl Cgroups {
         let memory = make(&self.memory)?;
         let pids = make(&self.pids)?;
         let cpu = make(&self.cpu)?;
+        let cpu_limit = match &self.cpu_limit {
+            Some((parent, quota_us)) => make(&Some(parent.clone()))?.map(|dir| (dir, *quota_us)),
+            None => None,
+        };
         cgroup.memory = memory;
         cgroup.pids = pids;
         cgroup.cpu = cpu;
+        cgroup.cpu_limit = cpu_limit;
         cgroup.write_limits(memory_mb)?;
         Ok(cgroup)
     }
@@ -195,6 +214,8 @@ pub(super) struct ExecCgroup {
     memory: Option<PathBuf>,
     pids: Option<PathBuf>,
     cpu: Option<PathBuf>,
+    /// The directory holding the CPU bandwidth files, and the cap per period.
+    cpu_limit: Option<(PathBuf, u64)>,
     /// Every directory created, each once.
     dirs: Vec<PathBuf>,
     finished: bool,
@@ -231,6 +252,17 @@ impl ExecCgroup {
         }
         if let Some(dir) = &self.pids {
             fs::write(dir.join("pids.max"), PIDS_MAX.to_string())?;
+        }
+        if let Some((dir, quota_us)) = &self.cpu_limit {
+            match self.version {
+                CgroupVersion::V2 => {
+                    fs::write(dir.join("cpu.max"), format!("{quota_us} {CPU_PERIOD_US}"))?
+                }
+                CgroupVersion::V1 => {
+                    fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                    fs::write(dir.join("cpu.cfs_quota_us"), quota_us.to_string())?;
+                }
+            }
         }
         Ok(())
     }
@@ -403,6 +435,7 @@ impl Drop for ExecCgroup {
             memory: None,
             pids: None,
             cpu: None,
+            cpu_limit: None,
             dirs: std::mem::take(&mut self.dirs),
             finished: true,
             cpu_baseline_ns: 0,
@@ -451,7 +484,12 @@ fn parse_key(text: &str, key: &str) -> Option<u64> {
 
 /// Finds and tries the cgroups of this host, mounted under `fs_root` (normally
 /// `/sys/fs/cgroup`), and decides per `mode`. `Ok(None)`: run without cgroups.
-pub(super) fn probe(mode: CgroupMode, fs_root: &Path) -> Result<Option<Cgroups>, SandboxError> {
+/// `cpu_millis`: the CPU cap per execution in thousandths of a core (0: none).
+pub(super) fn probe(
+    mode: CgroupMode,
+    fs_root: &Path,
+    cpu_millis: u32,
+) -> Result<Option<Cgroups>, SandboxError> {
     if mode == CgroupMode::Off {
         tracing::warn!(
             "cgroups off by configuration: memory is bounded by RLIMIT_AS only (no memory_limit \
@@ -460,10 +498,12 @@ pub(super) fn probe(mode: CgroupMode, fs_root: &Path) -> Result<Option<Cgroups>,
         return Ok(None);
     }
     let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let quota_us = u64::from(cpu_millis) * CPU_PERIOD_US / 1000;
+    let cpus = f64::from(cpu_millis) / 1000.0;
     let found = if fs_root.join("cgroup.controllers").is_file() {
-        find_v2(fs_root, &own)
+        find_v2(fs_root, &own, quota_us)
     } else {
-        find_v1(fs_root, &own)
+        find_v1(fs_root, &own, quota_us)
     };
     let (cgroups, missing) = match found {
         Ok(found) => found,
@@ -473,13 +513,16 @@ pub(super) fn probe(mode: CgroupMode, fs_root: &Path) -> Result<Option<Cgroups>,
                 memory: None,
                 pids: None,
                 cpu: None,
+                cpu_limit: None,
             },
             vec![reason],
         ),
     };
+    let cpu_limit_parent = cgroups.cpu_limit.as_ref().map(|(parent, _)| parent);
     for parent in [&cgroups.memory, &cgroups.pids, &cgroups.cpu]
         .into_iter()
         .flatten()
+        .chain(cpu_limit_parent)
     {
         sweep_stale(cgroups.version, parent);
     }
@@ -503,9 +546,9 @@ pub(super) fn probe(mode: CgroupMode, fs_root: &Path) -> Result<Option<Cgroups>,
         return Ok(None);
     }
     if missing.is_empty() {
-        tracing::info!(version = ?p.version, memory = p.memory, pids = p.pids, cpu_accounting = p.cpu_accounting, "per-execution cgroups in force");
+        tracing::info!(version = ?p.version, memory = p.memory, pids = p.pids, cpu_accounting = p.cpu_accounting, cpu_limit = p.cpu_limit, cpus, "per-execution cgroups in force");
     } else {
-        tracing::warn!(version = ?p.version, memory = p.memory, pids = p.pids, cpu_accounting = p.cpu_accounting, reasons = %missing.join("; "), "per-execution cgroups only partly in force");
+        tracing::warn!(version = ?p.version, memory = p.memory, pids = p.pids, cpu_accounting = p.cpu_accounting, cpu_limit = p.cpu_limit, cpus, reasons = %missing.join("; "), "per-execution cgroups only partly in force");
     }
     Ok(Some(cgroups))
 }
@@ -534,7 +577,11 @@ fn parent_in(mount: &Path, own: &str) -> PathBuf {
     }
 }
 
-fn find_v1(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), String> {
+fn find_v1(
+    fs_root: &Path,
+    proc_cgroup: &str,
+    quota_us: u64,
+) -> Result<(Cgroups, Vec<String>), String> {
     let mut missing = Vec::new();
     let mut controller = |name: &str, mounts: &[&str], control: Option<(&str, &str)>| {
         let Some(mount) = mounts
@@ -564,18 +611,33 @@ fn find_v1(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
     );
     let pids = controller("pids", &["pids"], Some(("pids.max", "64")));
     let cpu = controller("cpuacct", &["cpuacct", "cpu,cpuacct", "cpuacct,cpu"], None);
+    let cpu_limit = (quota_us > 0)
+        .then(|| {
+            controller(
+                "cpu",
+                &["cpu", "cpu,cpuacct", "cpuacct,cpu"],
+                Some(("cpu.cfs_quota_us", "100000")),
+            )
+        })
+        .flatten()
+        .map(|parent| (parent, quota_us));
     Ok((
         Cgroups {
             version: CgroupVersion::V1,
             memory,
             pids,
             cpu,
+            cpu_limit,
         },
         missing,
     ))
 }
 
-fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), String> {
+fn find_v2(
+    fs_root: &Path,
+    proc_cgroup: &str,
+    quota_us: u64,
+) -> Result<(Cgroups, Vec<String>), String> {
     let own = proc_cgroup
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -587,8 +649,10 @@ fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
     }
     let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
     let mut missing = Vec::new();
+    let cpu_cap = (quota_us > 0).then_some("cpu");
     let wanted: Vec<&str> = ["memory", "pids"]
         .into_iter()
+        .chain(cpu_cap)
         .filter(|c| {
             let ok = available.split_whitespace().any(|a| a == *c);
             if !ok {
@@ -650,6 +714,7 @@ fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
     let has = |c: &str| wanted.contains(&c).then(|| parent.clone());
     let memory = has("memory");
     let pids = has("pids");
+    let cpu_limit = has("cpu").map(|parent| (parent, quota_us));
     // cpu.stat's usage_usec exists in every v2 cgroup, with or without the cpu controller.
     let cpu = Some(parent.clone());
     let control = memory
@@ -664,6 +729,7 @@ fn find_v2(fs_root: &Path, proc_cgroup: &str) -> Result<(Cgroups, Vec<String>), 
             memory,
             pids,
             cpu,
+            cpu_limit,
         },
         missing,
     ))
@@ -693,6 +759,7 @@ fn sweep_stale(version: CgroupVersion, parent: &Path) {
             memory: None,
             pids: None,
             cpu: None,
+            cpu_limit: None,
             dirs: vec![entry.path()],
             finished: true,
             cpu_baseline_ns: 0,
@@ -800,11 +867,11 @@ mod tests {
     #[test]
     fn a_missing_cgroup_filesystem_fails_required_mode_clearly() {
         let root = Path::new("/nonexistent/cgroup");
-        let err = probe(CgroupMode::Required, root).unwrap_err();
+        let err = probe(CgroupMode::Required, root, 1000).unwrap_err();
         assert_eq!(err.kind(), "cgroups_unavailable");
         assert!(err.to_string().contains("/nonexistent/cgroup"), "{err}");
-        assert!(probe(CgroupMode::Auto, root).unwrap().is_none());
-        assert!(probe(CgroupMode::Off, Path::new("/sys/fs/cgroup"))
+        assert!(probe(CgroupMode::Auto, root, 1000).unwrap().is_none());
+        assert!(probe(CgroupMode::Off, Path::new("/sys/fs/cgroup"), 1000)
             .unwrap()
             .is_none());
     }

@@ -13,7 +13,7 @@
 //! | another execution's files | job files go from memory into a memfd and from there straight into this execution's own tmpfs (`--file`); nothing is written to the host disk, and the tmpfs vanishes with the sandbox |
 //! | another execution's file descriptors | memfds are created close-on-exec; the flag is cleared only in the forked child, after every other inherited fd was marked close-on-exec, so concurrent spawns never see each other's files |
 //! | the agent's environment (secrets) | the child's environment is cleared before `bwrap`, and `--clearenv` plus an allow-list inside |
-//! | CPU | `RLIMIT_CPU` (whole seconds, SIGXCPU then SIGKILL) and the measured CPU time checked to the millisecond; with cgroups the measure is the cgroup's (`cpuacct.usage` / `cpu.stat`), exact even for a killed sandbox |
+//! | CPU | `RLIMIT_CPU` (whole seconds, SIGXCPU then SIGKILL) and the measured CPU time checked to the millisecond; with cgroups the measure is the cgroup's (`cpuacct.usage` / `cpu.stat`), exact even for a killed sandbox; and a CPU bandwidth cap per execution (`cpu.max` / `cpu.cfs_quota_us`, `WARMPOOL_SANDBOX_CPUS` cores, 1 by default), so that no execution takes the VM's cores from the others' |
 //! | wall clock | a millisecond deadline, then SIGKILL to bwrap and its pid-namespace init: the kernel kills everything in the namespace, daemons included |
 //! | memory | a memory cgroup per execution (`memory_mb`, no swap): going over it gets the program OOM-killed and the outcome `memory_limit`, and the peak is the cgroup's. `RLIMIT_AS` is then off (address space is not memory; node reserves ~1 GB of it). Without a memory cgroup, the fallback is `RLIMIT_AS` per process at `memory_mb` + the runtime's `address_space_extra_mb`: crude, and an allocation failure is a `runtime_error` |
 //! | the kernel's riskiest system calls | a seccomp filter (see `seccomp`, which tables every call and why): namespace creation (`unshare`, `setns`, `clone` with `CLONE_NEW*`; `clone3` answers `ENOSYS` so libc falls back to `clone`), `ptrace` and cross-process memory, mounts, `bpf`, `perf_event_open`, `userfaultfd`, io_uring, the keyring, open-by-handle, clock, swap and the like answer `EPERM`; loading or replacing the kernel, a foreign syscall ABI (32-bit `int 0x80`, x32) kill the process. Default allow. `WARMPOOL_SANDBOX_SECCOMP=off` drops it (to measure it) |
@@ -26,8 +26,6 @@
 //! Cgroups (see `cgroup`) are probed at start-up: v2 or v1, and which controllers this agent can
 //! use. [`CgroupMode::Auto`] uses what there is and warns about the rest (the fallbacks in the
 //! table then apply); [`CgroupMode::Required`] refuses to start without memory and pids.
-//!
-//! Not yet: a CPU share per execution (`cpu.max`).
 //!
 //! With warm sandboxes ([`SandboxConfig::warm`], the agent's `WARMPOOL_SANDBOX_WARM`, on by
 //! default, either backend) every row above holds unchanged (but for nsjail's wall-clock
@@ -151,6 +149,9 @@ pub struct SandboxConfig {
     /// Where the cgroup filesystems are mounted: `/sys/fs/cgroup` (v2 there, or one directory
     /// per v1 controller). Changed by tests, and for hosts that mount them elsewhere.
     pub cgroup_fs: PathBuf,
+    /// The CPU bandwidth cap of each execution, in thousandths of a core (its cgroup's
+    /// `cpu.max`); 0: none. Needs the cpu controller (`WARMPOOL_SANDBOX_CPUS`, in cores).
+    pub cpu_millis: u32,
     /// Whether bwrap or nsjail loads the seccomp filter (see `seccomp`). Default on; off only to measure
     /// what it costs.
     pub seccomp: bool,
@@ -174,6 +175,7 @@ impl Default for SandboxConfig {
             work_dir_mb: 64,
             cgroups: CgroupMode::Auto,
             cgroup_fs: PathBuf::from("/sys/fs/cgroup"),
+            cpu_millis: 1000,
             seccomp: true,
             nsjail: None,
             warm: false,
@@ -272,7 +274,7 @@ impl Sandbox {
     /// the cgroups: which version, which controllers this agent can use (see [`CgroupMode`]).
     pub async fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         validate_config(&cfg)?;
-        let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs)?;
+        let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs, cfg.cpu_millis)?;
         // validate_config checked that uid_base + slots fits in a u32.
         leftovers::kill(cfg.uid_base..cfg.uid_base + cfg.slots as u32);
         let launcher = match cfg.backend {
@@ -710,6 +712,14 @@ fn command_for(spec: &RuntimeSpec, job: &Job) -> Vec<String> {
 }
 
 fn validate_config(cfg: &SandboxConfig) -> Result<(), SandboxError> {
+    // 0.01 core: the kernel's smallest quota is 1 ms per 100 ms period.
+    if !(cfg.cpu_millis == 0 || (10..=1_024_000).contains(&cfg.cpu_millis)) {
+        return Err(SandboxError::Config(format!(
+            "WARMPOOL_SANDBOX_CPUS={}: the CPU cap per execution must be 0 (none) or 0.01 to \
+             1024 cores",
+            f64::from(cfg.cpu_millis) / 1000.0
+        )));
+    }
     if cfg.slots == 0 {
         return Err(SandboxError::Config("slots must be at least 1".into()));
     }
@@ -860,8 +870,23 @@ mod tests {
                 work_dir_mb: 0,
                 ..ok.clone()
             },
+            SandboxConfig {
+                cpu_millis: 5,
+                ..ok.clone()
+            },
+            SandboxConfig {
+                cpu_millis: u32::MAX,
+                ..ok.clone()
+            },
         ] {
             assert!(validate_config(&bad).is_err(), "{bad:?} was accepted");
+        }
+        for cpu_millis in [0, 10, 1000, 1_024_000] {
+            let fine = SandboxConfig {
+                cpu_millis,
+                ..ok.clone()
+            };
+            assert!(validate_config(&fine).is_ok(), "{fine:?} was refused");
         }
     }
 
