@@ -649,10 +649,8 @@ fn find_v2(
     }
     let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
     let mut missing = Vec::new();
-    let cpu_cap = (quota_us > 0).then_some("cpu");
     let wanted: Vec<&str> = ["memory", "pids"]
         .into_iter()
-        .chain(cpu_cap)
         .filter(|c| {
             let ok = available.split_whitespace().any(|a| a == *c);
             if !ok {
@@ -714,7 +712,30 @@ fn find_v2(
     let has = |c: &str| wanted.contains(&c).then(|| parent.clone());
     let memory = has("memory");
     let pids = has("pids");
-    let cpu_limit = has("cpu").map(|parent| (parent, quota_us));
+    // The CPU cap apart, after the others: a cpu controller that cannot be enabled here
+    // (real-time tasks in the parent, say) costs the cap only, never the memory limit.
+    let cpu_limit = if quota_us == 0 {
+        None
+    } else if !available.split_whitespace().any(|a| a == "cpu") {
+        missing.push(format!(
+            "the cpu controller is not available in {} (no CPU cap per execution)",
+            parent.display()
+        ));
+        None
+    } else {
+        let control = parent.join("cgroup.subtree_control");
+        let on = fs::read_to_string(&control).unwrap_or_default();
+        match on.split_whitespace().any(|c| c == "cpu") || fs::write(&control, "+cpu").is_ok() {
+            true => Some((parent.clone(), quota_us)),
+            false => {
+                missing.push(format!(
+                    "cannot enable cpu in {} (no CPU cap per execution)",
+                    control.display()
+                ));
+                None
+            }
+        }
+    };
     // cpu.stat's usage_usec exists in every v2 cgroup, with or without the cpu controller.
     let cpu = Some(parent.clone());
     let control = memory
