@@ -463,7 +463,8 @@ enum Attempt {
     Fatal(u16),
 }
 
-/// reqwest's top-level message alone ("error sending request") hides the cause.
+/// An error and its sources on one line: reqwest's top-level message alone ("error sending
+/// request") hides the cause, and so does a sandbox error's context. The agent's one copy.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

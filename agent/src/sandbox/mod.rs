@@ -84,6 +84,8 @@ use std::sync::Arc;
 use warmpool::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
 use warmpool::runtimes::{self, RuntimeSpec, CATALOG};
 
+use crate::metadata::error_chain;
+
 pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
 pub use warm::{stub_main, STUB_COMMAND};
 
@@ -794,18 +796,6 @@ fn check_file_name(name: &str) -> Result<(), &'static str> {
         return Err("must not be \".\" or \"..\"");
     }
     Ok(())
-}
-
-/// The error and its sources on one line, for probe messages.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -402,7 +402,14 @@ impl Nsjail {
                 output.status
             )));
         }
-        let nsjail = Self {
+        let nsjail = Self::on_this_host(program, seccomp);
+        tracing::debug!(?nsjail, "found nsjail");
+        Ok(nsjail)
+    }
+
+    /// `program` with this host's root layout and optional binds, as read now.
+    fn on_this_host(program: PathBuf, seccomp: Option<Seccomp>) -> Self {
+        Self {
             program,
             root: root_layout(),
             present: READ_ONLY_IF_PRESENT
@@ -411,9 +418,7 @@ impl Nsjail {
                 .filter(|p| Path::new(p).exists())
                 .collect(),
             seccomp,
-        };
-        tracing::debug!(?nsjail, "found nsjail");
-        Ok(nsjail)
+        }
     }
 
     pub fn program(&self) -> &Path {
@@ -1144,16 +1149,7 @@ warmpool-init failed: could not write /work/main.py
                 _ => {}
             }
         }
-        let real = Nsjail {
-            program: "/nsjail".into(),
-            root: root_layout(),
-            present: READ_ONLY_IF_PRESENT
-                .iter()
-                .copied()
-                .filter(|p| Path::new(p).exists())
-                .collect(),
-            seccomp: None,
-        };
+        let real = Nsjail::on_this_host("/nsjail".into(), None);
         let config = real.config(&params());
         let mut ours_binds = Vec::new();
         let mut ours_env = Vec::new();
