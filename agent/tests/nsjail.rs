@@ -14,10 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use warmpool::model::{ExecutionResult, Job, Outcome};
+use warmpool::model::Outcome;
 mod common;
-use common::{bash, job, processes_of, python};
-use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
+use common::{assert_isolated, bash, cgroups_of, cgroups_or_skip, job, leftovers_of, python, run};
+use warmpool_agent::sandbox::{Backend, CgroupMode, Sandbox, SandboxConfig};
 
 /// One uid range per test (slots never exceed 4).
 mod uids {
@@ -110,106 +110,6 @@ async fn sandbox_or_skip(
         }
         Err(e) => panic!("the nsjail sandbox does not start on this machine: {e:?}"),
     }
-}
-
-/// `true` if the sandbox has the cgroup controller the test needs; else prints why it is
-/// skipped, so that a machine without cgroups never looks like a pass.
-fn cgroups_or_skip(sandbox: &Sandbox, test: &str, needs: fn(&CgroupProtections) -> bool) -> bool {
-    match sandbox.cgroups() {
-        Some(p) if needs(&p) => true,
-        other => {
-            eprintln!(
-                "SKIPPED: {test}: the per-execution cgroup it needs is not available on this \
-                 machine (probe found {other:?}; run as root with a writable cgroup filesystem)"
-            );
-            false
-        }
-    }
-}
-
-async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
-    sandbox
-        .run(job)
-        .await
-        .unwrap_or_else(|e| panic!("the job did not run: {e:?}"))
-}
-
-/// Proves, through the public API, what the hostile tests rely on: the program runs as the
-/// slot's non-root uid, sees no network interface but `lo`, has a process limit and a seccomp
-/// filter. Panics (so the hostile test refuses to run) otherwise.
-async fn assert_isolated(sandbox: &Sandbox, uid_base: u32) {
-    let result = run(
-        sandbox,
-        &bash(
-            "id -u; ulimit -u; grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
-             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
-        ),
-    )
-    .await;
-    let refuse = |why: &str| -> ! {
-        panic!(
-            "REFUSING to run a hostile test: the sandbox is not isolated ({why}); \
-             result: {result:?}"
-        )
-    };
-    if result.outcome != Outcome::Ok {
-        refuse("the isolation probe did not run cleanly");
-    }
-    let mut lines = result.stdout.lines();
-    match lines.next().and_then(|l| l.parse::<u32>().ok()) {
-        Some(0) | None => refuse("it runs as root, or its uid is unknown"),
-        Some(uid) if uid < uid_base || uid >= uid_base + 4 => refuse("it runs as another uid"),
-        Some(_) => {}
-    }
-    match lines.next().and_then(|l| l.parse::<u64>().ok()) {
-        Some(n) if n <= 1024 => {}
-        _ => refuse("no process limit is in force"),
-    }
-    if lines.next() != Some("Seccomp:2") {
-        refuse("no seccomp filter is in force");
-    }
-    let interfaces: Vec<&str> = lines.collect();
-    if interfaces != ["lo"] {
-        refuse("it sees a network interface other than lo");
-    }
-}
-
-/// Waits (with a deadline) until no process of any uid of the range exists; the leftovers
-/// if some remain.
-async fn leftovers_of(uid_base: u32) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let left: Vec<u32> = (uid_base..uid_base + 4).flat_map(processes_of).collect();
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Every cgroup directory under /sys/fs/cgroup (all hierarchies) named `wp-<uid>-…` for a uid
-/// of the range starting at `uid_base`.
-fn cgroups_of(uid_base: u32) -> Vec<PathBuf> {
-    fn walk(dir: &Path, depth: u32, prefixes: &[String], found: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| name.starts_with(p)) {
-                found.push(entry.path());
-            } else if depth > 0 {
-                walk(&entry.path(), depth - 1, prefixes, found);
-            }
-        }
-    }
-    let prefixes: Vec<String> = (0..4).map(|i| format!("wp-{}-", uid_base + i)).collect();
-    let mut found = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), 6, &prefixes, &mut found);
-    found
 }
 
 #[tokio::test]
@@ -354,6 +254,7 @@ async fn sleeping_past_the_wall_time_is_killed_at_once() {
     // The agent's millisecond deadline, not nsjail's whole-second backstop (2 s here).
     assert!(elapsed < Duration::from_millis(1_500), "took {elapsed:?}");
     assert!(result.wall_time_ms >= 300, "{result:?}");
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::WALL).await, Vec::<u32>::new());
 }
 
@@ -362,7 +263,7 @@ async fn a_daemon_does_not_survive_its_execution() {
     let Some(sandbox) = sandbox_or_skip("daemons", uids::DAEMON, 1, CgroupMode::Auto).await else {
         return;
     };
-    assert_isolated(&sandbox, uids::DAEMON).await;
+    assert_isolated(&sandbox).await;
     let result = run(
         &sandbox,
         &bash(
@@ -374,6 +275,7 @@ async fn a_daemon_does_not_survive_its_execution() {
     .await;
     assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
     assert_eq!(result.stdout, "started\n");
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
 
     // Killed at the wall time, a daemon goes with the rest of the tree.
@@ -381,6 +283,7 @@ async fn a_daemon_does_not_survive_its_execution() {
     job.limits.wall_time_ms = 300;
     let result = run(&sandbox, &job).await;
     assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
 }
 
@@ -407,6 +310,7 @@ async fn an_output_flood_is_cut_at_exactly_the_cap() {
     assert_eq!(result.outcome, Outcome::OutputLimit, "{result:?}");
     assert_eq!(result.stderr.len(), 10_000);
     assert!(result.stderr_truncated);
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::FLOOD).await, Vec::<u32>::new());
 }
 
@@ -415,7 +319,7 @@ async fn the_sandbox_has_no_network() {
     let Some(sandbox) = sandbox_or_skip("network", uids::NETWORK, 1, CgroupMode::Auto).await else {
         return;
     };
-    assert_isolated(&sandbox, uids::NETWORK).await;
+    assert_isolated(&sandbox).await;
     // A server on the host's loopback: the sandbox's 127.0.0.1 is another one.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -491,6 +395,7 @@ async fn nothing_is_left_behind_between_runs() {
     )
     .await;
     assert_eq!(result.stdout, "['main.py'] [] []\n", "{result:?}");
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::LEAK).await, Vec::<u32>::new());
     assert_eq!(cgroups_of(uids::LEAK), Vec::<PathBuf>::new());
 }
@@ -553,7 +458,7 @@ async fn a_fork_bomb_is_contained_by_the_process_limit() {
     else {
         return;
     };
-    assert_isolated(&sandbox, uids::FORK_BOMB).await;
+    assert_isolated(&sandbox).await;
     let mut job = bash(
         ":(){ :|:& };:\n\
          end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
@@ -572,6 +477,7 @@ async fn a_fork_bomb_is_contained_by_the_process_limit() {
         let count: u32 = count.trim().parse().unwrap();
         assert!(count <= 64, "{count} processes: more than RLIMIT_NPROC");
     }
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::FORK_BOMB).await, Vec::<u32>::new());
     let result = run(&sandbox, &bash("echo fine")).await;
     assert_eq!(result.stdout, "fine\n", "{result:?}");
@@ -586,7 +492,7 @@ async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
     if !cgroups_or_skip(&sandbox, "fork bomb under pids.max", |p| p.pids) {
         return;
     }
-    assert_isolated(&sandbox, uids::PIDS).await;
+    assert_isolated(&sandbox).await;
     let mut job = bash(
         "echo \"nproc $(ulimit -u)\"\n\
          :(){ :|:& };:\n\
@@ -614,6 +520,7 @@ async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
         let count: u64 = count.trim().parse().unwrap();
         assert!(count <= 64, "{count} processes: more than pids.max");
     }
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::PIDS).await, Vec::<u32>::new());
     assert_eq!(cgroups_of(uids::PIDS), Vec::<PathBuf>::new());
     let result = run(&sandbox, &bash("echo fine")).await;
@@ -665,7 +572,7 @@ async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
     if !cgroups_or_skip(&sandbox, "memory bomb", |p| p.memory) {
         return;
     }
-    assert_isolated(&sandbox, uids::OOM).await;
+    assert_isolated(&sandbox).await;
     let mut job =
         python("print('start', flush=True)\nx = []\nwhile True:\n    x.append(b'x' * (1 << 20))\n");
     job.limits.memory_mb = 64;
@@ -680,6 +587,7 @@ async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
     );
     assert!(result.wall_time_ms < 5_000, "{result:?}");
     assert_eq!(cgroups_of(uids::OOM), Vec::<PathBuf>::new());
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::OOM).await, Vec::<u32>::new());
 
     let result = run(&sandbox, &python("x = b'x' * (8 << 20)\nprint(len(x))\n")).await;
@@ -713,6 +621,7 @@ async fn a_cancelled_run_leaves_no_process_and_no_cgroup_behind() {
     job.limits.wall_time_ms = 60_000;
     let abandoned = tokio::time::timeout(Duration::from_millis(300), sandbox.run(&job)).await;
     assert!(abandoned.is_err(), "the run should still have been going");
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::CANCEL).await, Vec::<u32>::new());
     let deadline = Instant::now() + Duration::from_secs(3);
     while !cgroups_of(uids::CANCEL).is_empty() && Instant::now() < deadline {
@@ -728,7 +637,7 @@ async fn forbidden_system_calls_fail_or_kill_and_ordinary_ones_still_work() {
     let Some(sandbox) = sandbox_or_skip("seccomp", uids::SECCOMP, 1, CgroupMode::Auto).await else {
         return;
     };
-    assert_isolated(&sandbox, uids::SECCOMP).await;
+    assert_isolated(&sandbox).await;
     // Each call through libc's syscall(2), so the numbers are the kernel's, and errno read
     // right after. EPERM is 1, ENOSYS 38.
     let source = r#"
@@ -784,6 +693,7 @@ print('still alive')
     assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
     // SIGSYS.
     assert_eq!(result.signal, Some(31), "{result:?}");
+    sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::SECCOMP).await, Vec::<u32>::new());
 }
 

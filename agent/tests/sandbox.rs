@@ -15,10 +15,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use warmpool::model::{ExecutionResult, Job, Outcome};
+use warmpool::model::{Job, Outcome};
 mod common;
-use common::{bash, job, processes_of, python};
-use warmpool_agent::sandbox::{Backend, CgroupMode, CgroupProtections, Sandbox, SandboxConfig};
+use common::{
+    assert_isolated, bash, cgroups_of, cgroups_or_skip, job, leftovers_of, processes_of, python,
+    run,
+};
+use warmpool_agent::sandbox::{Backend, CgroupMode, Sandbox, SandboxConfig};
 
 /// One uid range per test (slots never exceed 4).
 mod uids {
@@ -98,99 +101,6 @@ async fn sandbox_with_cgroups(uid_base: u32, mode: CgroupMode) -> Sandbox {
     })
     .await
     .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"))
-}
-
-/// `true` if the sandbox has the cgroup controller `what` needs; else prints why the test is
-/// skipped, so that a machine without cgroups never looks like a pass.
-fn cgroups_or_skip(sandbox: &Sandbox, test: &str, needs: fn(&CgroupProtections) -> bool) -> bool {
-    match sandbox.cgroups() {
-        Some(p) if needs(&p) => true,
-        other => {
-            eprintln!(
-                "SKIPPED {test}: the per-execution cgroup it needs is not available on this                  machine (probe found {other:?}; run as root with a writable cgroup filesystem;                  see the agent's log for the reason)"
-            );
-            false
-        }
-    }
-}
-
-/// Every cgroup directory under /sys/fs/cgroup (all hierarchies) named `wp-<uid>-…` for a uid
-/// of the range starting at `uid_base`.
-fn cgroups_of(uid_base: u32) -> Vec<std::path::PathBuf> {
-    fn walk(dir: &Path, depth: u32, prefixes: &[String], found: &mut Vec<std::path::PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            // Not following symlinks (cpu,cpuacct aliases): each directory is seen once.
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| name.starts_with(p)) {
-                found.push(entry.path());
-            } else if depth > 0 {
-                walk(&entry.path(), depth - 1, prefixes, found);
-            }
-        }
-    }
-    let prefixes: Vec<String> = (0..4).map(|i| format!("wp-{}-", uid_base + i)).collect();
-    let mut found = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), 6, &prefixes, &mut found);
-    found
-}
-
-async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
-    sandbox
-        .run(job)
-        .await
-        .unwrap_or_else(|e| panic!("the job did not run: {e:?}"))
-}
-
-/// Proves, through the public API, what the hostile tests rely on: the program runs as the
-/// slot's non-root uid, sees no network interface but `lo`, and has a process limit. Panics
-/// (so the hostile test refuses to run) otherwise.
-async fn assert_isolated(sandbox: &Sandbox, uid_base: u32) {
-    let result = run(
-        sandbox,
-        &bash("id -u; ulimit -u; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
-    )
-    .await;
-    let refuse = |why: &str| -> ! {
-        panic!(
-            "REFUSING to run a hostile test: the sandbox is not isolated ({why}); \
-             result: {result:?}"
-        )
-    };
-    if result.outcome != Outcome::Ok {
-        refuse("the isolation probe did not run cleanly");
-    }
-    let mut lines = result.stdout.lines();
-    match lines.next().and_then(|l| l.parse::<u32>().ok()) {
-        Some(0) | None => refuse("it runs as root, or its uid is unknown"),
-        Some(uid) if uid < uid_base || uid >= uid_base + 4 => refuse("it runs as another uid"),
-        Some(_) => {}
-    }
-    match lines.next().and_then(|l| l.parse::<u64>().ok()) {
-        Some(n) if n <= 1024 => {}
-        _ => refuse("no process limit is in force"),
-    }
-    let interfaces: Vec<&str> = lines.collect();
-    if interfaces != ["lo"] {
-        refuse("it sees a network interface other than lo");
-    }
-}
-
-/// Waits (with a deadline) until no process of `uid` exists; the leftovers if some remain.
-async fn leftovers_of(uid: u32) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let left = processes_of(uid);
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -311,7 +221,7 @@ async fn sleeping_past_the_wall_time_is_killed_at_once() {
 #[tokio::test]
 async fn a_daemon_does_not_survive_its_execution() {
     let sandbox = sandbox(uids::DAEMON, 1).await;
-    assert_isolated(&sandbox, uids::DAEMON).await;
+    assert_isolated(&sandbox).await;
     let result = run(
         &sandbox,
         &bash(
@@ -346,7 +256,7 @@ async fn an_output_flood_is_cut_at_exactly_the_cap() {
 #[tokio::test]
 async fn the_sandbox_has_no_network() {
     let sandbox = sandbox(uids::NETWORK, 1).await;
-    assert_isolated(&sandbox, uids::NETWORK).await;
+    assert_isolated(&sandbox).await;
     // A server on the host's loopback: the sandbox's 127.0.0.1 is another one.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -410,7 +320,7 @@ async fn files_of_one_execution_are_not_visible_to_the_next() {
 async fn a_fork_bomb_is_contained_by_the_process_limit() {
     // Without cgroups: RLIMIT_NPROC alone (the fallback) must hold it.
     let sandbox = sandbox_with_cgroups(uids::FORK_BOMB, CgroupMode::Off).await;
-    assert_isolated(&sandbox, uids::FORK_BOMB).await;
+    assert_isolated(&sandbox).await;
     // The bomb, then a second of waiting (builtins only: forking fails at the limit), then a
     // count of the processes it managed to make, with builtins too.
     let mut job = bash(
@@ -517,7 +427,7 @@ async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
     if !cgroups_or_skip(&sandbox, "memory bomb", |p| p.memory) {
         return;
     }
-    assert_isolated(&sandbox, uids::OOM).await;
+    assert_isolated(&sandbox).await;
     // Filled bytes, so every page is really touched (untouched zero pages cost nothing).
     let mut job =
         python("print('start', flush=True)\nx = []\nwhile True:\n    x.append(b'x' * (1 << 20))\n");
@@ -571,7 +481,7 @@ async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
     if !cgroups_or_skip(&sandbox, "fork bomb under pids.max", |p| p.pids) {
         return;
     }
-    assert_isolated(&sandbox, uids::PIDS).await;
+    assert_isolated(&sandbox).await;
     // RLIMIT_NPROC is only a backstop above pids.max here: printed first, so the count below
     // shows which limit held.
     let mut job = bash(
@@ -771,7 +681,7 @@ async fn a_spare_that_died_while_it_waited_is_replaced_at_its_job() {
     })
     .await
     .unwrap_or_else(|e| panic!("the sandbox does not start on this machine: {e:?}"));
-    assert_isolated(&sandbox, uids::DEAD_SPARE).await;
+    assert_isolated(&sandbox).await;
     // Every refill done: the slot's spare (when warm) is waiting. Kill it, as the OOM killer
     // or an operator might: these are this test's own sandbox processes, found by their uid.
     sandbox.settle().await;

@@ -8,9 +8,9 @@
 
 mod common;
 
-use std::time::Duration;
+use common::{assert_isolated, run};
 
-use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
+use warmpool::model::{FileSpec, Job, Limits, Outcome};
 use warmpool_agent::sandbox::{Sandbox, SandboxConfig};
 
 /// One uid range per test (one slot each).
@@ -75,41 +75,6 @@ async fn sandbox(uid_base: u32, seccomp: bool) -> Sandbox {
     .unwrap_or_else(|e| panic!("the bwrap sandbox does not start on this machine: {e:?}"))
 }
 
-async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
-    tokio::time::timeout(Duration::from_secs(60), sandbox.run(job))
-        .await
-        .expect("the run ended within its limits")
-        .unwrap_or_else(|e| panic!("the job did not run: {e:?}"))
-}
-
-/// Panics (so the test refuses to go on) unless the program runs as the slot's non-root uid,
-/// with a process limit and no network interface but `lo`.
-async fn assert_isolated(sandbox: &Sandbox, uid_base: u32) {
-    let result = run(
-        sandbox,
-        &bash("id -u; ulimit -u; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
-    )
-    .await;
-    let refuse = |why: &str| -> ! {
-        panic!("REFUSING to probe the kernel: the sandbox is not isolated ({why}); {result:?}")
-    };
-    if result.outcome != Outcome::Ok {
-        refuse("the isolation probe did not run cleanly");
-    }
-    let mut lines = result.stdout.lines();
-    match lines.next().and_then(|l| l.parse::<u32>().ok()) {
-        Some(uid) if uid == uid_base => {}
-        _ => refuse("it does not run as the slot uid"),
-    }
-    match lines.next().and_then(|l| l.parse::<u64>().ok()) {
-        Some(n) if n <= 1024 => {}
-        _ => refuse("no process limit is in force"),
-    }
-    if lines.collect::<Vec<_>>() != ["lo"] {
-        refuse("it sees a network interface other than lo");
-    }
-}
-
 /// The `Seccomp:` and `NoNewPrivs:` lines of the program's own `/proc/self/status`.
 const STATUS: &str = "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status";
 
@@ -153,7 +118,7 @@ fn syscalls_program(calls: &[(&str, i64, &[i64])]) -> String {
 #[tokio::test]
 async fn denied_calls_fail_with_eperm_and_clone3_with_enosys() {
     let sandbox = sandbox(uids::EPERM, true).await;
-    assert_isolated(&sandbox, uids::EPERM).await;
+    assert_isolated(&sandbox).await;
     const PTRACE_TRACEME: i64 = 0;
     const PTRACE_ATTACH: i64 = 16;
     const CLONE_NEWUSER: i64 = 0x1000_0000;
@@ -219,7 +184,7 @@ async fn denied_calls_fail_with_eperm_and_clone3_with_enosys() {
 #[tokio::test]
 async fn loading_or_replacing_the_kernel_kills_the_program() {
     let sandbox = sandbox(uids::KILLED, true).await;
-    assert_isolated(&sandbox, uids::KILLED).await;
+    assert_isolated(&sandbox).await;
     for (name, nr) in [
         ("init_module", libc::SYS_init_module),
         ("finit_module", libc::SYS_finit_module),
@@ -254,7 +219,7 @@ fn machine_code_program(hex: &str) -> String {
 #[tokio::test]
 async fn a_syscall_through_the_32_bit_or_x32_abi_kills_the_program() {
     let sandbox = sandbox(uids::FOREIGN_ABI, true).await;
-    assert_isolated(&sandbox, uids::FOREIGN_ABI).await;
+    assert_isolated(&sandbox).await;
     for (abi, hex) in [
         // mov eax, 20 (i386 getpid); int 0x80; ret
         ("int 0x80", "b814000000cd80c3"),

@@ -383,6 +383,12 @@ impl Sandbox {
         let _ = self.slots.all().await;
     }
 
+    /// The uids the slots run as (`uid_base`, one per slot).
+    pub fn uids(&self) -> std::ops::Range<u32> {
+        // validate_config checked that uid_base + slots fits in a u32.
+        self.cfg.uid_base..self.cfg.uid_base + self.cfg.slots as u32
+    }
+
     /// Whether runs start in warm spares (see `warm`).
     pub fn warm(&self) -> bool {
         self.warm.is_some()

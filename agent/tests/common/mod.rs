@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use warmpool::model::{ExecutionResult, FileSpec, Job, Limits, Outcome};
+use warmpool_agent::sandbox::{CgroupProtections, Sandbox};
 
 pub fn limits() -> Limits {
     Limits {
@@ -95,4 +97,110 @@ where
 /// sandbox and nsjail suites (so both ways are tested on every run).
 pub fn warm_mode() -> bool {
     std::env::var("WARMPOOL_TEST_SANDBOX_WARM").map_or(true, |v| v != "off")
+}
+
+/// Runs `job`, which must start (and end within a minute).
+pub async fn run(sandbox: &Sandbox, job: &Job) -> ExecutionResult {
+    tokio::time::timeout(Duration::from_secs(60), sandbox.run(job))
+        .await
+        .expect("the run ended within its limits")
+        .unwrap_or_else(|e| panic!("the job did not run: {e:?}"))
+}
+
+/// Proves, through the public API, what the hostile tests rely on: the program runs as one of
+/// the sandbox's (non-root) slot uids, under a process limit and the seccomp filter, and sees
+/// no network interface but `lo`. Panics (so the hostile test refuses to run) otherwise.
+pub async fn assert_isolated(sandbox: &Sandbox) {
+    let result = run(
+        sandbox,
+        &bash(
+            "id -u; ulimit -u; grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
+             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+        ),
+    )
+    .await;
+    let refuse = |why: &str| -> ! {
+        panic!(
+            "REFUSING to run a hostile test: the sandbox is not isolated ({why}); \
+             result: {result:?}"
+        )
+    };
+    if result.outcome != Outcome::Ok {
+        refuse("the isolation probe did not run cleanly");
+    }
+    let mut lines = result.stdout.lines();
+    match lines.next().and_then(|l| l.parse::<u32>().ok()) {
+        Some(0) | None => refuse("it runs as root, or its uid is unknown"),
+        Some(uid) if !sandbox.uids().contains(&uid) => refuse("it runs as another uid"),
+        Some(_) => {}
+    }
+    match lines.next().and_then(|l| l.parse::<u64>().ok()) {
+        Some(n) if n <= 1024 => {}
+        _ => refuse("no process limit is in force"),
+    }
+    if lines.next() != Some("Seccomp:2") {
+        refuse("no seccomp filter is in force");
+    }
+    if lines.collect::<Vec<_>>() != ["lo"] {
+        refuse("it sees a network interface other than lo");
+    }
+}
+
+/// Waits (with a deadline) until no process of the uids `uid_base..uid_base + 4` exists; the
+/// leftovers if some remain.
+pub async fn leftovers_of(uid_base: u32) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<u32> = (uid_base..uid_base + 4).flat_map(processes_of).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every cgroup directory under /sys/fs/cgroup (all hierarchies) named `wp-<uid>-…` for a uid
+/// of `uid_base..uid_base + 4`.
+pub fn cgroups_of(uid_base: u32) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: u32, prefixes: &[String], found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            // Not following symlinks (cpu,cpuacct aliases): each directory is seen once.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| name.starts_with(p)) {
+                found.push(entry.path());
+            } else if depth > 0 {
+                walk(&entry.path(), depth - 1, prefixes, found);
+            }
+        }
+    }
+    let prefixes: Vec<String> = (0..4).map(|i| format!("wp-{}-", uid_base + i)).collect();
+    let mut found = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, &prefixes, &mut found);
+    found
+}
+
+/// `true` if the sandbox has the cgroup controller `test` needs; else prints why the test is
+/// skipped, so that a machine without cgroups never looks like a pass.
+pub fn cgroups_or_skip(
+    sandbox: &Sandbox,
+    test: &str,
+    needs: fn(&CgroupProtections) -> bool,
+) -> bool {
+    match sandbox.cgroups() {
+        Some(p) if needs(&p) => true,
+        other => {
+            eprintln!(
+                "SKIPPED: {test}: the per-execution cgroup it needs is not available on this \
+                 machine (probe found {other:?}; run as root with a writable cgroup filesystem; \
+                 the agent's log says why)"
+            );
+            false
+        }
+    }
 }
