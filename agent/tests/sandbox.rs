@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use warmpool::model::{Job, Outcome};
 mod common;
+use common::behaviour;
 use common::{
     assert_isolated, bash, cgroups_of, cgroups_or_skip, job, leftovers_of, processes_of, python,
     run,
@@ -141,27 +142,7 @@ async fn python_hello_world_reads_stdin_and_args() {
 #[tokio::test]
 async fn bash_and_javascript_run() {
     let sandbox = sandbox(uids::BASH_JS, 1).await;
-    let mut job = bash("echo \"hi $1 from $0 in $PWD, home $HOME\"\n");
-    job.args = vec!["there".into()];
-    let result = run(&sandbox, &job).await;
-    assert_eq!(
-        result.stdout, "hi there from main.sh in /work, home /work\n",
-        "{result:?}"
-    );
-    assert_eq!(result.outcome, Outcome::Ok);
-
-    if !Path::new("/usr/bin/node").exists() {
-        eprintln!("NOTE: /usr/bin/node is missing: skipping the javascript case");
-        return;
-    }
-    let mut job = job_js("console.log('js', process.argv.slice(2).join(','))");
-    job.args = vec!["x".into(), "y".into()];
-    // V8 reserves ~800 MB of address space at start and RLIMIT_AS counts it: below that node
-    // cannot start (see the sandbox module docs).
-    job.limits.memory_mb = 2_048;
-    let result = run(&sandbox, &job).await;
-    assert_eq!(result.stdout, "js x,y\n", "{result:?}");
-    assert_eq!(result.outcome, Outcome::Ok);
+    behaviour::bash_and_javascript_run(&sandbox).await;
 }
 
 fn job_js(source: &str) -> Job {
@@ -185,101 +166,31 @@ async fn a_cancelled_run_leaves_no_process_behind() {
 #[tokio::test]
 async fn a_non_zero_exit_or_a_signal_is_a_runtime_error() {
     let sandbox = sandbox(uids::EXIT, 1).await;
-    let result = run(&sandbox, &python("import sys\nprint('bye')\nsys.exit(3)\n")).await;
-    assert_eq!(result.outcome, Outcome::RuntimeError);
-    assert_eq!((result.exit_code, result.signal), (Some(3), None));
-    assert_eq!(result.stdout, "bye\n");
-
-    let result = run(&sandbox, &bash("kill -SEGV $$")).await;
-    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
-    assert_eq!(
-        (result.exit_code, result.signal),
-        (None, Some(libc_sigsegv()))
-    );
-}
-
-fn libc_sigsegv() -> i32 {
-    11
+    behaviour::a_non_zero_exit_or_a_signal_is_a_runtime_error(&sandbox).await;
 }
 
 #[tokio::test]
 async fn sleeping_past_the_wall_time_is_killed_at_once() {
     let sandbox = sandbox(uids::WALL, 1).await;
-    let mut job = bash("echo started; sleep 5; echo never");
-    job.limits.wall_time_ms = 300;
-    let started = Instant::now();
-    let result = run(&sandbox, &job).await;
-    let elapsed = started.elapsed();
-    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
-    assert_eq!(result.stdout, "started\n");
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
-    assert!(result.wall_time_ms >= 300, "{result:?}");
-    sandbox.shutdown().await; // the warm spares (see base_config)
-    assert_eq!(leftovers_of(uids::WALL).await, Vec::<u32>::new());
+    behaviour::sleeping_past_the_wall_time_is_killed_at_once(&sandbox, uids::WALL).await;
 }
 
 #[tokio::test]
 async fn a_daemon_does_not_survive_its_execution() {
     let sandbox = sandbox(uids::DAEMON, 1).await;
-    assert_isolated(&sandbox).await;
-    let result = run(
-        &sandbox,
-        &bash(
-            "setsid sleep 100 </dev/null >/dev/null 2>&1 &\n\
-             (nohup sleep 100 </dev/null >/dev/null 2>&1 &)\n\
-             echo started\n",
-        ),
-    )
-    .await;
-    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
-    assert_eq!(result.stdout, "started\n");
-    sandbox.shutdown().await; // the warm spares (see base_config)
-    assert_eq!(leftovers_of(uids::DAEMON).await, Vec::<u32>::new());
+    behaviour::a_daemon_does_not_survive_its_execution(&sandbox, uids::DAEMON).await;
 }
 
 #[tokio::test]
 async fn an_output_flood_is_cut_at_exactly_the_cap() {
     let sandbox = sandbox(uids::FLOOD, 1).await;
-    let mut job = python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n");
-    job.limits.max_output_bytes = 10_000;
-    let started = Instant::now();
-    let result = run(&sandbox, &job).await;
-    assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(result.outcome, Outcome::OutputLimit);
-    assert_eq!(result.stdout.len(), 10_000);
-    assert!(result.stdout.bytes().all(|b| b == b'x'));
-    assert!(result.stdout_truncated && !result.stderr_truncated);
-    sandbox.shutdown().await; // the warm spares (see base_config)
-    assert_eq!(leftovers_of(uids::FLOOD).await, Vec::<u32>::new());
+    behaviour::an_output_flood_is_cut_at_exactly_the_cap(&sandbox, uids::FLOOD).await;
 }
 
 #[tokio::test]
 async fn the_sandbox_has_no_network() {
     let sandbox = sandbox(uids::NETWORK, 1).await;
-    assert_isolated(&sandbox).await;
-    // A server on the host's loopback: the sandbox's 127.0.0.1 is another one.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let source = format!(
-        "import socket\n\
-         for addr in [('127.0.0.1', {port}), ('1.1.1.1', 53)]:\n\
-         \x20   try:\n\
-         \x20       socket.create_connection(addr, timeout=1)\n\
-         \x20       print('connected')\n\
-         \x20   except OSError as e:\n\
-         \x20       print('blocked', type(e).__name__)\n\
-         print([l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]])\n"
-    );
-    let result = run(&sandbox, &python(&source)).await;
-    assert_eq!(
-        result.stdout, "blocked ConnectionRefusedError\nblocked OSError\n['lo']\n",
-        "{result:?}"
-    );
-    assert!(
-        listener.accept().is_err(),
-        "the host's listener got a connection"
-    );
+    behaviour::the_sandbox_has_no_network(&sandbox).await;
 }
 
 #[tokio::test]
@@ -320,73 +231,19 @@ async fn files_of_one_execution_are_not_visible_to_the_next() {
 async fn a_fork_bomb_is_contained_by_the_process_limit() {
     // Without cgroups: RLIMIT_NPROC alone (the fallback) must hold it.
     let sandbox = sandbox_with_cgroups(uids::FORK_BOMB, CgroupMode::Off).await;
-    assert_isolated(&sandbox).await;
-    // The bomb, then a second of waiting (builtins only: forking fails at the limit), then a
-    // count of the processes it managed to make, with builtins too.
-    let mut job = bash(
-        ":(){ :|:& };:\n\
-         end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
-         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo \"processes $n\"\n",
-    );
-    job.limits.wall_time_ms = 4_000;
-    job.limits.max_output_bytes = 4_096;
-    let started = Instant::now();
-    let result = run(&sandbox, &job).await;
-    assert!(started.elapsed() < Duration::from_secs(8), "{result:?}");
-    assert!(
-        result.stderr.contains("Resource temporarily unavailable"),
-        "the process limit was never hit: {result:?}"
-    );
-    if let Some(count) = result.stdout.strip_prefix("processes ") {
-        let count: u32 = count.trim().parse().unwrap();
-        assert!(count <= 64, "{count} processes: more than RLIMIT_NPROC");
-    }
-    sandbox.shutdown().await; // the warm spares (see base_config)
-    assert_eq!(leftovers_of(uids::FORK_BOMB).await, Vec::<u32>::new());
-    // The machine is fine: the same slot runs the next job.
-    let result = run(&sandbox, &bash("echo fine")).await;
-    assert_eq!(result.stdout, "fine\n", "{result:?}");
+    behaviour::a_fork_bomb_is_contained_by_the_process_limit(&sandbox, uids::FORK_BOMB).await;
 }
 
 #[tokio::test]
 async fn four_runs_share_two_slots() {
     let sandbox = sandbox(uids::CONCURRENCY, 2).await;
-    let job = bash("sleep 0.3; id -u");
-    let started = Instant::now();
-    let (a, b, c, d) = tokio::join!(
-        run(&sandbox, &job),
-        run(&sandbox, &job),
-        run(&sandbox, &job),
-        run(&sandbox, &job)
-    );
-    let elapsed = started.elapsed();
-    let mut uids_seen = Vec::new();
-    for result in [a, b, c, d] {
-        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
-        uids_seen.push(result.stdout.trim().parse::<u32>().unwrap());
-    }
-    uids_seen.sort();
-    uids_seen.dedup();
-    let base = uids::CONCURRENCY;
-    assert!(
-        uids_seen.iter().all(|&u| u == base || u == base + 1),
-        "{uids_seen:?}"
-    );
-    // Two waves of 300 ms: the slots held.
-    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    behaviour::four_runs_share_two_slots(&sandbox, uids::CONCURRENCY).await;
 }
 
 #[tokio::test]
 async fn burning_cpu_past_the_cpu_limit_is_a_time_limit() {
     let sandbox = sandbox(uids::CPU, 1).await;
-    let mut job = python("while True:\n    pass\n");
-    job.limits.cpu_time_ms = 500;
-    let result = run(&sandbox, &job).await;
-    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
-    // RLIMIT_CPU is whole seconds: SIGXCPU at 1 s.
-    assert_eq!(result.signal, Some(24), "{result:?}");
-    assert!(result.cpu_time_ms >= 500, "{result:?}");
-    assert!(result.wall_time_ms < 3_000, "{result:?}");
+    behaviour::burning_cpu_past_the_cpu_limit_is_a_time_limit(&sandbox).await;
 }
 
 #[tokio::test]
@@ -411,49 +268,15 @@ async fn jobs_the_system_cannot_run_are_errors_with_a_kind() {
 #[tokio::test]
 async fn without_cgroups_allocating_past_the_memory_limit_fails_inside_the_program() {
     let sandbox = sandbox_with_cgroups(uids::MEMORY, CgroupMode::Off).await;
-    assert_eq!(sandbox.cgroups(), None);
-    let mut job = python("x = bytearray(512 * 1024 * 1024)\nprint('allocated')\n");
-    job.limits.memory_mb = 128;
-    let result = run(&sandbox, &job).await;
-    // The fallback: RLIMIT_AS makes the allocation fail, which the runtime reports its own
-    // way: a runtime error, not memory_limit.
-    assert_eq!(result.outcome, Outcome::RuntimeError, "{result:?}");
-    assert!(result.stderr.contains("MemoryError"), "{result:?}");
+    behaviour::without_cgroups_allocating_past_the_memory_limit_fails_inside_the_program(&sandbox)
+        .await;
 }
 
 #[tokio::test]
 async fn a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit() {
     let sandbox = sandbox_with_cgroups(uids::OOM, CgroupMode::Auto).await;
-    if !cgroups_or_skip(&sandbox, "memory bomb", |p| p.memory) {
-        return;
-    }
-    assert_isolated(&sandbox).await;
-    // Filled bytes, so every page is really touched (untouched zero pages cost nothing).
-    let mut job =
-        python("print('start', flush=True)\nx = []\nwhile True:\n    x.append(b'x' * (1 << 20))\n");
-    job.limits.memory_mb = 64;
-    let result = run(&sandbox, &job).await;
-    assert_eq!(result.outcome, Outcome::MemoryLimit, "{result:?}");
-    assert_eq!(result.signal, Some(9), "{result:?}");
-    assert_eq!(result.stdout, "start\n", "{result:?}");
-    // The cgroup's peak: at the limit, never above it.
-    let limit_kb = 64 * 1024;
-    assert!(
-        result.memory_kb >= limit_kb * 3 / 4 && result.memory_kb <= limit_kb,
-        "peak {} KiB for a {limit_kb} KiB limit: {result:?}",
-        result.memory_kb
-    );
-    assert!(result.wall_time_ms < 5_000, "{result:?}");
-    sandbox.shutdown().await; // the warm spares (see base_config)
-    assert_eq!(cgroups_of(uids::OOM), Vec::<std::path::PathBuf>::new());
-
-    // Within the limit the same sandbox runs normally, and reports a peak below it.
-    let result = run(&sandbox, &python("x = b'x' * (8 << 20)\nprint(len(x))\n")).await;
-    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
-    assert!(
-        result.memory_kb > 8 * 1024 && result.memory_kb < 512 * 1024,
-        "{result:?}"
-    );
+    behaviour::a_memory_bomb_is_oom_killed_by_its_cgroup_and_ends_memory_limit(&sandbox, uids::OOM)
+        .await;
 }
 
 #[tokio::test]
@@ -478,45 +301,7 @@ async fn node_runs_at_a_normal_memory_limit_under_the_memory_cgroup() {
 #[tokio::test]
 async fn a_fork_bomb_is_stopped_by_the_pids_cgroup() {
     let sandbox = sandbox_with_cgroups(uids::PIDS, CgroupMode::Auto).await;
-    if !cgroups_or_skip(&sandbox, "fork bomb under pids.max", |p| p.pids) {
-        return;
-    }
-    assert_isolated(&sandbox).await;
-    // RLIMIT_NPROC is only a backstop above pids.max here: printed first, so the count below
-    // shows which limit held.
-    let mut job = bash(
-        "echo \"nproc $(ulimit -u)\"\n\
-         :(){ :|:& };:\n\
-         end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done\n\
-         n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo \"processes $n\"\n",
-    );
-    job.limits.wall_time_ms = 4_000;
-    job.limits.max_output_bytes = 4_096;
-    let result = run(&sandbox, &job).await;
-    let mut lines = result.stdout.lines();
-    let nproc: u64 = lines
-        .next()
-        .and_then(|l| l.strip_prefix("nproc "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no nproc line: {result:?}"));
-    assert!(
-        nproc > 64,
-        "RLIMIT_NPROC {nproc} would hide pids.max: {result:?}"
-    );
-    assert!(
-        result.stderr.contains("Resource temporarily unavailable"),
-        "the process limit was never hit: {result:?}"
-    );
-    // pids.max (64) counts the reaper shim, bwrap and its init too: fewer are visible inside.
-    if let Some(count) = lines.next().and_then(|l| l.strip_prefix("processes ")) {
-        let count: u64 = count.trim().parse().unwrap();
-        assert!(count <= 64, "{count} processes: more than pids.max");
-    }
-    sandbox.shutdown().await; // the warm spares (see base_config)
-    assert_eq!(leftovers_of(uids::PIDS).await, Vec::<u32>::new());
-    assert_eq!(cgroups_of(uids::PIDS), Vec::<std::path::PathBuf>::new());
-    let result = run(&sandbox, &bash("echo fine")).await;
-    assert_eq!(result.stdout, "fine\n", "{result:?}");
+    behaviour::a_fork_bomb_is_stopped_by_the_pids_cgroup(&sandbox, uids::PIDS).await;
 }
 
 #[tokio::test]
@@ -549,21 +334,7 @@ async fn no_cgroup_is_left_after_runs_that_end_in_every_way() {
 #[tokio::test]
 async fn cpu_time_of_a_killed_sandbox_is_counted_by_its_cgroup() {
     let sandbox = sandbox_with_cgroups(uids::CPU_KILLED, CgroupMode::Auto).await;
-    if !cgroups_or_skip(&sandbox, "cpu accounting", |p| p.cpu_accounting) {
-        return;
-    }
-    // Killed at the wall-clock limit: without cgroups the reaper's rusage would show only
-    // bwrap's own few milliseconds (the namespace's processes are reaped by the kernel).
-    let mut job = python("while True:\n    pass\n");
-    job.limits.wall_time_ms = 1_500;
-    job.limits.cpu_time_ms = 10_000;
-    let result = run(&sandbox, &job).await;
-    assert_eq!(result.outcome, Outcome::TimeLimit, "{result:?}");
-    assert!(result.cpu_time_ms >= 200, "{result:?}");
-    assert!(
-        result.cpu_time_ms <= result.wall_time_ms * 2 + 100,
-        "{result:?}"
-    );
+    behaviour::cpu_time_of_a_killed_sandbox_is_counted_by_its_cgroup(&sandbox).await;
 }
 
 #[tokio::test]
@@ -855,7 +626,7 @@ async fn what_a_dead_agent_left_in_its_cgroups_is_killed_at_the_next_start() {
 #[tokio::test]
 async fn stdio_can_be_reopened_by_path() {
     let sandbox = sandbox(uids::STDIO, 1).await;
-    common::check_stdio_by_path(&run(&sandbox, &common::stdio_by_path()).await);
+    behaviour::stdio_can_be_reopened_by_path(&sandbox).await;
 }
 
 /// A process of `uid` running `sleep 60` as `argv0`, the child of this (root) test process.

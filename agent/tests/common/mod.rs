@@ -1,6 +1,8 @@
 //! What the agent's test suites share: jobs, processes of a uid, polling with a deadline.
 #![allow(dead_code)]
 
+pub mod behaviour;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
