@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{client, eventually, fast_backoff, instance, request_id, ZONE};
+use google_cloud_compute_v1::client::Instances;
 use google_cloud_compute_v1::model;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder as _;
@@ -20,18 +21,27 @@ async fn fake() -> anyhow::Result<FakeGce> {
     FakeGce::start(FakeGceConfig::default()).await
 }
 
+/// An insert of `body` into the test project's zone with `request_id`, to be sent or polled.
+fn insert(
+    client: &Instances,
+    request_id: impl Into<String>,
+    body: model::Instance,
+) -> google_cloud_compute_v1::builder::instances::Insert {
+    client
+        .insert()
+        .set_project(PROJECT)
+        .set_zone(ZONE)
+        .set_request_id(request_id)
+        .set_body(body)
+}
+
 #[tokio::test]
 async fn insert_poll_get_list_delete_with_the_real_client() -> anyhow::Result<()> {
     let gce = fake().await?;
     let client = client(&gce).await?;
     let rid = request_id();
 
-    let op = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(&rid)
-        .set_body(instance("vm-1", &[("pool", "warm")]))
+    let op = insert(&client, &rid, instance("vm-1", &[("pool", "warm")]))
         .send()
         .await?;
     assert_eq!(op.status, Some(model::operation::Status::Running));
@@ -167,12 +177,7 @@ async fn insert_poll_get_list_delete_with_the_real_client() -> anyhow::Result<()
 async fn the_poller_returns_the_finished_insert_operation() -> anyhow::Result<()> {
     let gce = fake().await?;
     let client = client(&gce).await?;
-    let op = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-poller", &[]))
+    let op = insert(&client, request_id(), instance("vm-poller", &[]))
         .with_polling_backoff_policy(fast_backoff()?)
         .poller()
         .until_done()
@@ -197,27 +202,14 @@ async fn the_same_request_id_twice_makes_one_instance() -> anyhow::Result<()> {
     let gce = fake().await?;
     let client = client(&gce).await?;
     let rid = request_id();
-    let insert = || {
-        client
-            .insert()
-            .set_project(PROJECT)
-            .set_zone(ZONE)
-            .set_request_id(&rid)
-            .set_body(instance("vm-dup", &[]))
-            .send()
-    };
-    let first = insert().await?;
-    let second = insert().await?;
+    let same = || insert(&client, &rid, instance("vm-dup", &[])).send();
+    let first = same().await?;
+    let second = same().await?;
     assert_eq!(first.name, second.name);
     assert_eq!(first.id, second.id);
 
     // A different request id for the same name is a conflict.
-    let conflict = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-dup", &[]))
+    let conflict = insert(&client, request_id(), instance("vm-dup", &[]))
         .send()
         .await
         .err();
@@ -241,12 +233,7 @@ async fn a_lost_insert_answer_is_not_retried_unless_the_request_is_marked_idempo
     // By default a POST is not idempotent: the client gives up on the 503 at once, although
     // the instance was created.
     gce.lose_next_insert_responses(1);
-    let err = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-lost-1", &[]))
+    let err = insert(&client, request_id(), instance("vm-lost-1", &[]))
         .send()
         .await
         .err();
@@ -258,12 +245,7 @@ async fn a_lost_insert_answer_is_not_retried_unless_the_request_is_marked_idempo
     // (AIP-194 strict) retries the 503 with the same request id, and gets the operation of
     // the insert that was carried out.
     gce.lose_next_insert_responses(1);
-    let op = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-lost-2", &[]))
+    let op = insert(&client, request_id(), instance("vm-lost-2", &[]))
         .with_idempotency(true)
         .with_backoff_policy(fast_backoff()?)
         .send()
@@ -288,12 +270,7 @@ async fn a_stocked_out_zone_fails_the_operation_not_the_insert() -> anyhow::Resu
     let client = client(&gce).await?;
     gce.set_stockout(ZONE, true);
 
-    let op = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-stockout", &[]))
+    let op = insert(&client, request_id(), instance("vm-stockout", &[]))
         .send()
         .await?;
     let op_name = op.name.unwrap_or_default();
@@ -324,12 +301,7 @@ async fn a_stocked_out_zone_fails_the_operation_not_the_insert() -> anyhow::Resu
 
     // The poller does NOT turn a failed operation into an Err (google-cloud-lro 1.11's
     // discovery poller completes with Ok(op) once op.status is DONE): check op.error.
-    let op = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-stockout-2", &[]))
+    let op = insert(&client, request_id(), instance("vm-stockout-2", &[]))
         .with_polling_backoff_policy(fast_backoff()?)
         .poller()
         .until_done()
@@ -343,12 +315,7 @@ async fn a_stocked_out_zone_fails_the_operation_not_the_insert() -> anyhow::Resu
     // Quota works the same way, with QUOTA_EXCEEDED and 403.
     gce.set_stockout(ZONE, false);
     gce.set_quota_exceeded(ZONE, true);
-    let op = client
-        .insert()
-        .set_project(PROJECT)
-        .set_zone(ZONE)
-        .set_request_id(request_id())
-        .set_body(instance("vm-quota", &[]))
+    let op = insert(&client, request_id(), instance("vm-quota", &[]))
         .with_polling_backoff_policy(fast_backoff()?)
         .poller()
         .until_done()
@@ -497,15 +464,7 @@ async fn bad_inserts_are_refused_with_compute_engine_errors() -> anyhow::Result<
     let refuse = |body: model::Instance| {
         let client = client.clone();
         async move {
-            let err = client
-                .insert()
-                .set_project(PROJECT)
-                .set_zone(ZONE)
-                .set_request_id(request_id())
-                .set_body(body)
-                .send()
-                .await
-                .err();
+            let err = insert(&client, request_id(), body).send().await.err();
             (
                 err.as_ref().and_then(|e| e.http_status_code()),
                 err.as_ref()
