@@ -11,6 +11,8 @@
   ARGV[2] ttl_ms      lease length
 
   Returns the token (> 0) while this replica leads, 0 when another replica holds the lease.
+
+  Errors: none of its own.
 ]]
 local leader, fence = KEYS[1], KEYS[2]
 local replica, ttl_ms = ARGV[1], tonumber(ARGV[2])

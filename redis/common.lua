@@ -83,3 +83,27 @@ local function end_queued(exec_key, queued, game_queued, exec_id, state, code, m
   end
   redis.call('PUBLISH', channel, exec_id)
 end
+
+-- Append `exec_id` to a pending game's backlog (its executions waiting for placement).
+local function append_backlog(backlog, game_id, exec_id)
+  local list = cjson.decode(redis.call('HGET', backlog, game_id) or '[]')
+  list[#list + 1] = exec_id
+  redis.call('HSET', backlog, game_id, cjson.encode(list))
+end
+
+-- Whether the game an execution belongs to has ended: gone, or replaced by a new game of the
+-- same id (its epoch differs from the execution's). Returns ended, the game record (a table).
+local function game_ended(games, game_id, epoch)
+  local raw = redis.call('HGET', games, game_id)
+  if not raw then
+    return true, nil
+  end
+  local game = cjson.decode(raw)
+  return tostring(game.epoch) ~= epoch, game
+end
+
+-- Acknowledge a stream entry and delete it: the VM is done with it.
+local function drop_entry(queue, group, entry_id)
+  redis.call('XACK', queue, group, entry_id)
+  redis.call('XDEL', queue, entry_id)
+end

@@ -19,6 +19,8 @@
   ARGV[2] only_if_expired  '1': delete only if the lease has run out (the expiry sweeper)
 
   Returns {'gone'} | {'alive'} | {'deleted', vm_id or '', execution_id...}
+
+  Errors: a game record that is not JSON fails the script (cjson) before it writes.
 ]]
 local k = { games = KEYS[1], free = KEYS[2], vm_games = KEYS[3], vm_cap = KEYS[4],
             vm_state = KEYS[5], pending = KEYS[6], game_exp = KEYS[7], backlog = KEYS[8],

@@ -16,6 +16,8 @@
   ARGV[7] only_if_due    '1': only once the queue deadline has passed (the expiry sweeper)
 
   Returns 1 when the execution was ended here, 0 otherwise.
+
+  Errors: none of its own.
 ]]
 local exec_key, queued, game_queued = KEYS[1], KEYS[2], KEYS[3]
 local exec_id, state, code, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

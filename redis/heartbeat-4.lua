@@ -9,8 +9,10 @@
 
   ARGV[1] vm_id
 
-  Returns {state, led, running}: state is 'unknown' when the pool has no record (no heartbeat
-  is written then, nor for a dead VM); led is 1 while a leader lease exists.
+  Returns {state, led, running} | {'unknown', led, running} (the pool has no record of the VM:
+  no heartbeat is written then, nor for a dead VM); led is 1 while a leader lease exists.
+
+  Errors: none of its own.
 ]]
 local vm_state, vm_hb, leader, vm_running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm = ARGV[1]

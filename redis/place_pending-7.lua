@@ -19,6 +19,9 @@
 
   Returns {placed, next}: next is '' when nothing is left to do (no pending game or no free
   slot), else the VM to call again with (ARGV[1] itself when `max` was reached).
+
+  Errors: a game record or backlog that is not JSON fails the script (cjson); games placed
+  before it in the same call stay placed, with their backlogs moved.
 ]]
 local free, vm_games, vm_cap, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local games, backlog, queue = KEYS[5], KEYS[6], KEYS[7]

@@ -18,6 +18,8 @@
   ARGV[4] default_ttl_ms  lease length of a new game when ARGV[2] is ''
 
   Returns {created (1|0), vm_id or '', created_ms, expires_ms}
+
+  Errors: a game record that is not JSON fails the script (cjson) before it writes.
 ]]
 local k = { games = KEYS[1], free = KEYS[2], vm_games = KEYS[3], vm_cap = KEYS[4],
             pending = KEYS[5], game_exp = KEYS[6], seq = KEYS[7] }

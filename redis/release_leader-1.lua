@@ -6,6 +6,8 @@
   ARGV[2] token
 
   Returns 1 when released, 0 when the lease was not this replica's.
+
+  Errors: none of its own.
 ]]
 if redis.call('GET', KEYS[1]) == ARGV[1] .. '|' .. ARGV[2] then
   redis.call('DEL', KEYS[1])

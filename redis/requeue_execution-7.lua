@@ -24,26 +24,25 @@
   ARGV[6] queue_timeout_ms  deadline of a re-queued attempt
   ARGV[7] retention_ms
   ARGV[8] channel
+  ARGV[9] group             the streams' consumer group
 
   Returns {'requeued', vm or ''} | {'failed'} | {'cancelled'} | {'skip', state} | {'moved', vm}
+
+  Errors: a game record or backlog that is not JSON fails the script (cjson) before it
+  writes.
 ]]
 local exec_key, games, backlog, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local game_queued, dead_queue, queue = KEYS[5], KEYS[6], KEYS[7]
 local exec_id, entry_id, dead_vm, expected_vm = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, queue_timeout_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local retention_ms, channel = tonumber(ARGV[7]), ARGV[8]
+local retention_ms, channel, group = tonumber(ARGV[7]), ARGV[8], ARGV[9]
 local now = now_ms()
-
-local function drop_entry()
-  redis.call('XACK', dead_queue, 'agents', entry_id)
-  redis.call('XDEL', dead_queue, entry_id)
-end
 
 local f = redis.call('HMGET', exec_key, 'state', 'vm', 'game', 'epoch', 'attempts')
 local state, ran_on, game_id, epoch, attempts = f[1], f[2], f[3], f[4], tonumber(f[5] or '0')
 local was_running = state == 'running' and ran_on == dead_vm
 if not was_running and state ~= 'queued' then
-  drop_entry()
+  drop_entry(dead_queue, group, entry_id)
   return { 'skip', state or 'gone' }
 end
 if was_running and attempts >= max_attempts then
@@ -52,18 +51,17 @@ if was_running and attempts >= max_attempts then
     message = 'the VM running it was lost ' .. attempts .. ' times (WARMPOOL_MAX_ATTEMPTS)' }))
   redis.call('PEXPIRE', exec_key, retention_ms)
   redis.call('PUBLISH', channel, exec_id)
-  drop_entry()
+  drop_entry(dead_queue, group, entry_id)
   return { 'failed' }
 end
 
-local raw = redis.call('HGET', games, game_id)
-if not raw or tostring(cjson.decode(raw).epoch) ~= epoch then
+local ended, game = game_ended(games, game_id, epoch)
+if ended then
   end_queued(exec_key, queued, game_queued, exec_id, 'cancelled', 'game_ended',
     'the game was deleted or expired before the execution ran', retention_ms, channel, now)
-  drop_entry()
+  drop_entry(dead_queue, group, entry_id)
   return { 'cancelled' }
 end
-local game = cjson.decode(raw)
 if game.vm ~= expected_vm then
   return { 'moved', game.vm }
 end
@@ -77,9 +75,7 @@ end
 if game.vm ~= '' then
   redis.call('XADD', queue, '*', 'e', exec_id)
 else
-  local list = cjson.decode(redis.call('HGET', backlog, game_id) or '[]')
-  list[#list + 1] = exec_id
-  redis.call('HSET', backlog, game_id, cjson.encode(list))
+  append_backlog(backlog, game_id, exec_id)
 end
-drop_entry()
+drop_entry(dead_queue, group, entry_id)
 return { 'requeued', game.vm }

@@ -13,6 +13,8 @@
 
   Returns {now_ms, HGETALL vm_state, HGETALL vm_cap, HGETALL vm_games, HGETALL vm_running,
            ZRANGE vm_hb WITHSCORES (as strings), HGETALL vm_info, HGETALL vm_since}
+
+  Errors: none of its own (it only reads).
 ]]
 local out = { tostring(now_ms()) }
 out[#out + 1] = redis.call('HGETALL', KEYS[1])

@@ -17,6 +17,8 @@
   ARGV[4] channel       pub/sub channel that wakes waiting replicas
 
   Returns {'run', attempt, job JSON} | {'skip', state or 'gone'} | {'cancelled'} | {'dead'}
+
+  Errors: a game record that is not JSON fails the script (cjson) before it writes.
 ]]
 local exec_key, queued, game_queued, games = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_running, vm_state = KEYS[5], KEYS[6]
@@ -36,8 +38,7 @@ if state ~= 'queued' and not rerun then
   return { 'skip', state }
 end
 
-local raw = redis.call('HGET', games, game_id)
-if not raw or tostring(cjson.decode(raw).epoch) ~= epoch then
+if game_ended(games, game_id, epoch) then
   if rerun then
     redis.call('HINCRBY', vm_running, vm, -1)
   end

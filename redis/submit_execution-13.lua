@@ -34,6 +34,9 @@
   Returns {'dup', execution_id}                 the idempotency key was seen: nothing written
         | {'moved', vm_id}                      the game is on another VM: retry with its stream
         | {'ok', execution_id, vm_id or '', created_ms}
+
+  Errors: a game record or backlog that is not JSON fails the script (cjson); a game it
+  created in the same call stays created.
 ]]
 local k = { exec = KEYS[1], idem = KEYS[2], games = KEYS[3], free = KEYS[4], vm_games = KEYS[5],
             vm_cap = KEYS[6], pending = KEYS[7], game_exp = KEYS[8], seq = KEYS[9],
@@ -70,9 +73,7 @@ redis.call('ZADD', k.game_queued, 0, game_id .. ':' .. exec_id)
 if game.vm ~= '' then
   redis.call('XADD', k.queue, '*', 'e', exec_id)
 else
-  local list = cjson.decode(redis.call('HGET', k.backlog, game_id) or '[]')
-  list[#list + 1] = exec_id
-  redis.call('HSET', k.backlog, game_id, cjson.encode(list))
+  append_backlog(k.backlog, game_id, exec_id)
 end
 if has_idem then
   redis.call('SET', k.idem, exec_id, 'PX', idem_ttl_ms)

@@ -33,6 +33,9 @@
 
   Returns {'fenced'} (the token is stale: nothing written) | {'ok', vm_id, moved game ids...}
         | {'busy', games, running} (retire refused) | {'skip', state} (not in the expected state)
+
+  Errors: an unknown action is an error reply (nothing written); a game record that is not
+  JSON fails an evicting retire or a fail midway (cjson), with the games before it moved.
 ]]
 local fence, vm_state, vm_cap, vm_games = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_running, vm_hb, vm_info, vm_since = KEYS[5], KEYS[6], KEYS[7], KEYS[8]

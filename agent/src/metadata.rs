@@ -331,10 +331,10 @@ fn checked_value(what: &str, value: &str) -> Result<String, MetadataError> {
 }
 
 /// `warmpool-agent-env`: agent settings, one `KEY=VALUE` per line (the contract is
-/// [`warmpool::gce::agent_env`], which the orchestrator checks too). Any other key is an error
+/// [`warmpool_core::agent_env`], which the orchestrator checks too). Any other key is an error
 /// naming it: a typo or a setting that does not belong there stops the VM at boot, not ignored.
 pub fn parse_agent_env(text: &str) -> Result<Vec<(String, String)>, MetadataError> {
-    warmpool::gce::agent_env::parse(text)
+    warmpool_core::agent_env::parse(text)
         .map_err(|(line, problem)| MetadataError::AgentEnv { line, problem })
 }
 
@@ -483,7 +483,7 @@ mod tests {
     #[test]
     fn agent_env_accepts_agent_settings_only() {
         let ok = parse_agent_env(
-            "# slots\nWARMPOOL_AGENT_SLOTS=3\n\n  WARMPOOL_SANDBOX_WORK_MB=32\r\nRUST_LOG=debug\nWARMPOOL_PLACEMENT=least-loaded\nWARMPOOL_AGENT_X=a=b\n",
+            "# slots\nWARMPOOL_AGENT_SLOTS=3\n\n  WARMPOOL_SANDBOX_WORK_MB=32\r\nRUST_LOG=debug\nWARMPOOL_HEARTBEAT_INTERVAL_MS=500\nWARMPOOL_AGENT_X=a=b\n",
         )
         .expect("valid");
         assert_eq!(
@@ -492,7 +492,7 @@ mod tests {
                 ("WARMPOOL_AGENT_SLOTS".into(), "3".into()),
                 ("WARMPOOL_SANDBOX_WORK_MB".into(), "32".into()),
                 ("RUST_LOG".into(), "debug".into()),
-                ("WARMPOOL_PLACEMENT".into(), "least-loaded".into()),
+                ("WARMPOOL_HEARTBEAT_INTERVAL_MS".into(), "500".into()),
                 ("WARMPOOL_AGENT_X".into(), "a=b".into()),
             ]
         );
@@ -501,6 +501,9 @@ mod tests {
             ("WARMPOOL_AGENT_SLOTS=1\nLD_PRELOAD=x", 2, "LD_PRELOAD"),
             ("WARMPOOL_REDIS_URL=redis://x", 1, "WARMPOOL_REDIS_URL"),
             ("WARMPOOL_VM_ID=x", 1, "WARMPOOL_VM_ID"),
+            // The pool's settings come with the registration, never from the VM's metadata.
+            ("WARMPOOL_PLACEMENT=packed", 1, "WARMPOOL_PLACEMENT"),
+            ("WARMPOOL_RESULT_TTL_S=60", 1, "WARMPOOL_RESULT_TTL_S"),
             ("WARMPOOL_AGENT_SLOTS", 1, "not KEY=VALUE"),
             ("warmpool_agent_slots=1", 1, "not a variable name"),
             ("=1", 1, "not a variable name"),

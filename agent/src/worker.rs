@@ -19,219 +19,34 @@
 //! - On SIGTERM the agent takes nothing new and finishes what runs (up to a grace period).
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use fred::prelude::*;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use warmpool::executions::{self, Finish, Start};
-use warmpool::model::{ErrorDetail, Job};
-use warmpool::pool::vms;
-use warmpool::routing::{self, Placement};
-use warmpool::store::{keys::GROUP, RedisSettings, Store};
+use warmpool_core::model::{ErrorDetail, Job};
+use warmpool_core::store::executions::{self, Finish, Start};
+use warmpool_core::store::settings::PoolSettings;
+use warmpool_core::store::vms::{self, Registration};
+use warmpool_core::store::{games, keys::GROUP, RedisSettings, Store};
 
-use crate::lifecycle::{self, Disposal, Exit, ExitReason, OnExit, Stop};
-use crate::metadata;
-use crate::sandbox::{Backend, Sandbox, SandboxConfig};
-
-#[derive(Parser, Debug)]
-#[command(name = "warmpool-agent", version, about = "warmpool's VM agent")]
-pub struct Cli {
-    /// Read the VM's settings from Compute Engine instance metadata first (see
-    /// `agent/deploy/README.md`); waits for the metadata server up to
-    /// WARMPOOL_AGENT_METADATA_TIMEOUT_S (default 60). Handled in `main` before this parser runs:
-    /// declared here so that clap accepts it and `--help` lists it.
-    #[arg(long, env = metadata::FROM_METADATA_ENV, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
-    pub from_metadata: bool,
-    #[command(subcommand)]
-    pub command: Option<AgentCommand>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AgentCommand {
-    /// Runs a trivial program N times directly in the sandbox and prints one JSON object of
-    /// per-run latencies (the baseline of `warmpool bench exec`).
-    BenchSandbox {
-        #[arg(long, default_value_t = 50)]
-        runs: usize,
-        #[arg(long, default_value = "python")]
-        language: String,
-        #[arg(long, default_value = "pass")]
-        code: String,
-    },
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct Settings {
-    /// This VM's id (the pool knows it by this).
-    #[arg(long, env = "WARMPOOL_VM_ID", default_value = "")]
-    pub vm_id: String,
-    #[arg(long, env = "WARMPOOL_POOL", default_value = "default")]
-    pub pool: String,
-    #[arg(long, env = "WARMPOOL_REDIS_URL", default_value = "")]
-    pub redis_url: String,
-    /// Games this VM takes.
-    #[arg(long, env = "WARMPOOL_VM_CAPACITY", default_value_t = 8)]
-    pub capacity: u32,
-    /// Concurrent sandboxes.
-    #[arg(long, env = "WARMPOOL_AGENT_SLOTS", default_value_t = 4)]
-    pub slots: u32,
-    /// `bwrap`, `nsjail` (production image), or `process` (unsandboxed; development only).
-    #[arg(long, env = "WARMPOOL_AGENT_SANDBOX", default_value = "bwrap")]
-    pub sandbox: String,
-    /// Wait this long before registering (the local provider's simulated boot).
-    #[arg(long, env = "WARMPOOL_AGENT_BOOT_DELAY_MS", default_value_t = 0)]
-    pub boot_delay_ms: u64,
-    #[arg(long, env = "WARMPOOL_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
-    pub heartbeat_interval_ms: u64,
-    /// Sandbox slot i runs as uid/gid base + i.
-    #[arg(long, env = "WARMPOOL_SANDBOX_UID_BASE", default_value_t = 60_000)]
-    pub uid_base: u32,
-    /// Size of each execution's tmpfs work directory.
-    #[arg(long, env = "WARMPOOL_SANDBOX_WORK_MB", default_value_t = 64)]
-    pub work_dir_mb: u64,
-    /// Per-execution cgroups (memory and process limits): `auto` (use them if this host
-    /// allows, warn if not), `required` (refuse to start without them) or `off`.
-    #[arg(long, env = "WARMPOOL_SANDBOX_CGROUPS", default_value = "auto")]
-    pub sandbox_cgroups: String,
-    /// CPU cap of each execution, in cores (its cgroup's bandwidth limit): a program cannot
-    /// take more than this from the other games on the VM. 0: no cap.
-    #[arg(long, env = "WARMPOOL_SANDBOX_CPUS", default_value_t = 1.0)]
-    pub sandbox_cpus: f64,
-    /// The bwrap sandbox's seccomp filter (see `sandbox::seccomp`): `on`, or `off` only to
-    /// measure what it costs (`warmpool bench sandbox`).
-    #[arg(long, env = "WARMPOOL_SANDBOX_SECCOMP", default_value = "on", value_parser = ["on", "off"])]
-    pub sandbox_seccomp: String,
-    /// Warm sandboxes (see `sandbox::warm`): `on` (the default) keeps one launched sandbox per
-    /// slot waiting for its job, so a run does not pay for the cgroup, the fork and the
-    /// sandbox's start; `off` starts every run cold.
-    #[arg(long, env = "WARMPOOL_SANDBOX_WARM", default_value = "on", value_parser = ["on", "off"])]
-    pub sandbox_warm: String,
-    /// How long ended execution records stay readable (must match the orchestrator's).
-    #[arg(long, env = "WARMPOOL_RESULT_TTL_S", default_value_t = 86_400)]
-    pub result_ttl_s: u64,
-    /// Placement used when this agent places pending games on Ready VMs.
-    #[arg(long, env = "WARMPOOL_PLACEMENT", default_value = "least-loaded")]
-    pub placement: Placement,
-    /// Seconds a SIGTERM'd agent lets running executions finish.
-    #[arg(long, env = "WARMPOOL_AGENT_GRACE_S", default_value_t = 30)]
-    pub grace_s: u64,
-    /// This VM's own secret, from the orchestrator (never logged).
-    #[arg(
-        long,
-        env = "WARMPOOL_VM_SECRET",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub vm_secret: Secret,
-    /// Seconds without a successful Redis round trip (registration, then heartbeats) after
-    /// which the agent is an orphan: it stops and shuts its VM down (WARMPOOL_AGENT_ON_EXIT).
-    #[arg(long, env = "WARMPOOL_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
-    pub orphan_timeout_s: u64,
-    /// Seconds with no orchestrator replica leading the pool and nothing running here, after
-    /// which the agent is unattended: it stops and shuts its VM down (WARMPOOL_AGENT_ON_EXIT).
-    /// Longer than the orphan timeout: a deploy of every replica should not empty the pool.
-    #[arg(
-        long,
-        env = "WARMPOOL_AGENT_UNATTENDED_TIMEOUT_S",
-        default_value_t = 900
-    )]
-    pub unattended_timeout_s: u64,
-    /// What a retired or orphaned agent does to its VM: `none`, `delete-instance` (falls back
-    /// to `poweroff`) or `poweroff`. A SIGTERM never shuts the VM down.
-    #[arg(long, env = "WARMPOOL_AGENT_ON_EXIT", value_enum, default_value_t = OnExit::None)]
-    pub on_exit: OnExit,
-    /// The poweroff command, split on whitespace (no shell).
-    #[arg(long, env = "WARMPOOL_AGENT_POWEROFF_CMD", default_value = "poweroff")]
-    pub poweroff_cmd: String,
-    /// Origin of the Compute API, for the self-delete.
-    #[arg(
-        long,
-        env = "WARMPOOL_AGENT_COMPUTE_ENDPOINT",
-        default_value = "https://compute.googleapis.com"
-    )]
-    pub compute_endpoint: String,
-    /// The metadata server (the self-delete's token; the bootstrap reads it too).
-    #[arg(long, env = "WARMPOOL_METADATA_URL", default_value = metadata::DEFAULT_URL)]
-    pub metadata_url: String,
-    /// This VM's instance, `projects/P/zones/Z/instances/N`: what `delete-instance` deletes.
-    /// Set by --from-metadata.
-    #[arg(long, env = metadata::INSTANCE_ENV, default_value = "")]
-    pub instance: String,
-}
-
-impl Settings {
-    /// What to do with the VM at the end, checked now.
-    pub fn disposal(&self) -> anyhow::Result<Disposal> {
-        let instance = match self.instance.trim() {
-            "" => None,
-            path => Some(
-                path.parse()
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", metadata::INSTANCE_ENV))?,
-            ),
-        };
-        let disposal = Disposal {
-            on_exit: self.on_exit,
-            instance,
-            metadata_url: self.metadata_url.clone(),
-            compute_endpoint: self.compute_endpoint.clone(),
-            poweroff_cmd: self
-                .poweroff_cmd
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-        };
-        disposal.check()?;
-        Ok(disposal)
-    }
-}
-
-/// A value that must not reach a log: `Debug` shows only whether it is set.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "Secret(empty)"
-        } else {
-            "Secret(redacted)"
-        })
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
+use crate::config::{AgentCommand, Cli, Settings};
+use crate::lifecycle::{self, Exit, ExitReason, OnExit, Stop};
+use crate::sandbox::Sandbox;
 
 /// Runs the command; for the agent itself, then disposes of the VM as its end demands.
 pub async fn main(cli: Cli) -> anyhow::Result<Exit> {
+    cli.settings.validate(cli.command.is_none())?;
     let disposal = cli.settings.disposal()?;
-    let sandbox = Arc::new(make_sandbox(&cli.settings).await?);
+    let sandbox = Arc::new(
+        Sandbox::new(cli.settings.sandbox_config()?)
+            .await
+            .context("sandbox probe failed; refusing to run untrusted code")?,
+    );
     match cli.command {
         Some(AgentCommand::BenchSandbox {
             runs,
@@ -267,66 +82,30 @@ pub async fn main(cli: Cli) -> anyhow::Result<Exit> {
     }
 }
 
-async fn make_sandbox(s: &Settings) -> anyhow::Result<Sandbox> {
-    let backend: Backend = s
-        .sandbox
-        .parse()
-        .map_err(|e| anyhow::anyhow!("WARMPOOL_AGENT_SANDBOX: {e}"))?;
-    Sandbox::new(SandboxConfig {
-        backend,
-        uid_base: s.uid_base,
-        slots: s.slots.max(1) as usize,
-        work_dir_mb: s.work_dir_mb,
-        cgroups: s
-            .sandbox_cgroups
-            .parse()
-            .map_err(|e| anyhow::anyhow!("WARMPOOL_SANDBOX_CGROUPS: {e}"))?,
-        seccomp: s.sandbox_seccomp == "on",
-        warm: s.sandbox_warm == "on",
-        // Out of range (negative, NaN, huge) saturates and is refused by the sandbox's check.
-        cpu_millis: if s.sandbox_cpus.is_finite() && s.sandbox_cpus >= 0.0 {
-            (s.sandbox_cpus * 1000.0).round() as u32
-        } else {
-            u32::MAX
-        },
-        ..SandboxConfig::default()
-    })
-    .await
-    .context("sandbox probe failed; refusing to run untrusted code")
-}
-
 /// Runs the agent until something ends it, and says what (see `lifecycle`).
 pub async fn run(
     settings: Settings,
     sandbox: Arc<Sandbox>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitReason> {
-    anyhow::ensure!(
-        !settings.vm_id.is_empty(),
-        "WARMPOOL_VM_ID (--vm-id): required"
-    );
-    anyhow::ensure!(
-        !settings.redis_url.is_empty(),
-        "WARMPOOL_REDIS_URL: required"
-    );
+    settings.validate(true)?;
     let redis = RedisSettings {
         url: settings.redis_url.clone(),
         pool_size: 2,
         command_timeout: Duration::from_secs(5),
     };
     // A URL that cannot be parsed will not parse on a retry either.
-    warmpool::store::builder(&redis).context("WARMPOOL_REDIS_URL")?;
+    warmpool_core::store::builder(&redis).context("WARMPOOL_REDIS_URL")?;
     let stop = Stop::new(&shutdown);
     // With nothing to do to the VM (`none`: development, the local provider) the dead-man's
     // switch is off: the agent waits for Redis and for a leader as long as it takes.
     let switch_on = settings.on_exit != OnExit::None;
     let orphan_after = if switch_on {
-        Duration::from_secs(settings.orphan_timeout_s.max(1))
+        settings.orphan_timeout
     } else {
         Duration::from_secs(100 * 365 * 86_400)
     };
-    let unattended_after =
-        switch_on.then(|| Duration::from_secs(settings.unattended_timeout_s.max(1)));
+    let unattended_after = switch_on.then_some(settings.unattended_timeout);
 
     let languages = sandbox.languages();
     tracing::info!(
@@ -337,10 +116,10 @@ pub async fn run(
         languages = ?languages.iter().map(|l| &l.name).collect::<Vec<_>>(),
         "agent up"
     );
-    if settings.boot_delay_ms > 0 {
+    if !settings.boot_delay.is_zero() {
         tokio::select! {
             _ = stop.cancelled() => return Ok(stop.reason()),
-            _ = tokio::time::sleep(Duration::from_millis(settings.boot_delay_ms)) => {}
+            _ = tokio::time::sleep(settings.boot_delay) => {}
         }
     }
     let vm_id = settings.vm_id.clone();
@@ -348,11 +127,17 @@ pub async fn run(
         store,
         reader,
         at: registered_at,
+        pool,
     }) = register(&settings, &redis, &languages, orphan_after, &stop).await
     else {
         return Ok(stop.reason());
     };
-    match routing::place_pending(&store, settings.placement, Some(&vm_id)).await {
+    tracing::info!(
+        placement = pool.placement.as_str(),
+        retention_s = pool.retention.as_secs(),
+        "following the pool's settings"
+    );
+    match games::place_pending(&store, pool.placement, Some(&vm_id)).await {
         Ok(0) => {}
         Ok(placed) => tracing::info!(vm_id, placed, "placed pending games"),
         // The orchestrator places them too: not a reason to stop.
@@ -362,17 +147,17 @@ pub async fn run(
     let heartbeat = tokio::spawn(lifecycle::watch(
         store.clone(),
         vm_id.clone(),
-        Duration::from_millis(settings.heartbeat_interval_ms.max(50)),
+        settings.heartbeat_interval,
         orphan_after,
         unattended_after,
         registered_at,
         stop.clone(),
     ));
 
-    let slots = Arc::new(Semaphore::new(settings.slots.max(1) as usize));
+    let slots = Arc::new(Semaphore::new(settings.slots as usize));
     let tasks = TaskTracker::new();
     let queue = store.keys.queue(&vm_id);
-    let retention_ms = settings.result_ttl_s * 1000;
+    let retention = pool.retention;
     // "0": this consumer's unacknowledged entries first (left by a previous process).
     let mut cursor = "0".to_string();
     while !stop.is_cancelled() {
@@ -426,7 +211,7 @@ pub async fn run(
             tasks.spawn(async move {
                 let _permit = permit;
                 if let Err(err) =
-                    handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, retention_ms, &stop)
+                    handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, retention, &stop)
                         .await
                 {
                     tracing::warn!(execution_id, error = %err, "execution not completed; it stays pending for this VM");
@@ -437,7 +222,7 @@ pub async fn run(
 
     stop.cancel();
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(settings.grace_s), tasks.wait())
+    if tokio::time::timeout(settings.grace, tasks.wait())
         .await
         .is_err()
     {
@@ -457,6 +242,8 @@ struct Registered {
     reader: fred::clients::Client,
     /// The first successful round trip: the dead-man's switch counts from here.
     at: Instant,
+    /// The pool's settings, from the registration's reply.
+    pool: PoolSettings,
 }
 
 /// Connects and registers the VM Ready, retrying for up to `orphan_after`: a VM that never
@@ -464,7 +251,7 @@ struct Registered {
 async fn register(
     settings: &Settings,
     redis: &RedisSettings,
-    languages: &[warmpool::model::LanguageInfo],
+    languages: &[warmpool_core::model::LanguageInfo],
     orphan_after: Duration,
     stop: &Stop,
 ) -> Option<Registered> {
@@ -504,18 +291,33 @@ async fn register(
             r = tokio::time::timeout_at(give_up, attempt) => r,
         };
         let err = match outcome {
-            Ok(Ok((store, reader, Some(games)))) => {
+            Ok(Ok((
+                store,
+                reader,
+                Registration::Ok {
+                    games,
+                    settings: pool,
+                },
+            ))) => {
                 tracing::info!(vm_id = %settings.vm_id, games, "registered Ready");
                 return Some(Registered {
                     store,
                     reader,
                     at: Instant::now(),
+                    pool,
                 });
             }
-            Ok(Ok((store, reader, None))) => {
+            Ok(Ok((store, reader, Registration::Dead | Registration::Refused))) => {
                 quit(&store, &reader).await;
                 stop.end(ExitReason::Retired);
                 return None;
+            }
+            Ok(Ok((store, reader, Registration::Unsettled))) => {
+                quit(&store, &reader).await;
+                anyhow::anyhow!(
+                    "the pool's settings are not in Redis yet: no orchestrator replica has \
+                     started against it"
+                )
             }
             Ok(Err(err)) => err,
             Err(_elapsed) => {
@@ -544,7 +346,7 @@ async fn register(
 }
 
 async fn connect_reader(redis: &RedisSettings) -> anyhow::Result<fred::clients::Client> {
-    let reader = warmpool::store::builder(redis)?.build()?;
+    let reader = warmpool_core::store::builder(redis)?.build()?;
     reader.init().await?;
     Ok(reader)
 }
@@ -565,21 +367,21 @@ async fn handle(
     vm_id: &str,
     execution_id: &str,
     entry_id: &str,
-    retention_ms: u64,
+    retention: Duration,
     stop: &Stop,
 ) -> anyhow::Result<()> {
-    let (attempt, job_json) =
-        match executions::start(store, vm_id, execution_id, retention_ms).await? {
-            Start::Run { attempt, job_json } => (attempt, job_json),
-            Start::Skip => {
-                executions::ack(store, vm_id, entry_id).await?;
-                return Ok(());
-            }
-            Start::VmDead => {
-                stop.end(ExitReason::Retired);
-                return Ok(());
-            }
-        };
+    let (attempt, job_json) = match executions::start(store, vm_id, execution_id, retention).await?
+    {
+        Start::Run { attempt, job_json } => (attempt, job_json),
+        Start::Skip => {
+            executions::ack(store, vm_id, entry_id).await?;
+            return Ok(());
+        }
+        Start::VmDead => {
+            stop.end(ExitReason::Retired);
+            return Ok(());
+        }
+    };
     let outcome = match serde_json::from_str::<Job>(&job_json) {
         Ok(job) => match sandbox.run(&job).await {
             Ok(result) => Finish::Finished(result),
@@ -603,7 +405,7 @@ async fn handle(
             attempt,
             entry_id,
             &outcome,
-            retention_ms,
+            retention,
         )
         .await
         {
@@ -630,20 +432,20 @@ async fn bench_sandbox(
     language: &str,
     code: &str,
 ) -> anyhow::Result<()> {
-    let spec = warmpool::runtimes::lookup(language).context("unknown language")?;
+    let spec = warmpool_core::runtimes::lookup(language).context("unknown language")?;
     let mut times_ms = Vec::with_capacity(runs);
     for i in 0..runs {
         let job = Job {
             execution_id: format!("bench-{i}"),
             game_id: "bench".into(),
             language: spec.name.into(),
-            files: vec![warmpool::model::FileSpec {
+            files: vec![warmpool_core::model::FileSpec {
                 name: "main".into(),
                 content: code.into(),
             }],
             stdin: String::new(),
             args: vec![],
-            limits: warmpool::model::Limits {
+            limits: warmpool_core::model::Limits {
                 wall_time_ms: 10_000,
                 cpu_time_ms: 10_000,
                 memory_mb: 512,

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::store::StoreError;
+use warmpool_core::store::StoreError;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use super::games::{check_game_id, parse_json};
 use super::{ApiError, AppState};
-use crate::model::{Execution, ExecutionRequest, ExecutionState, Job};
-use crate::{executions, runtimes};
+use warmpool_core::model::{Execution, ExecutionRequest, ExecutionState, Job};
+use warmpool_core::store::executions;
+use warmpool_core::{rules, runtimes};
 
 /// Longest `wait_s` a request may hold a connection for.
 const MAX_WAIT_S: u64 = 60;
@@ -38,15 +39,6 @@ fn parse_wait(q: &WaitQuery) -> Result<Duration, ApiError> {
     }
 }
 
-/// A file name that is safe to create in a fresh work directory.
-pub fn valid_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\0'])
-}
-
 /// Turns a request into a job, or the 4xx that names what is wrong.
 fn validate(
     state: &AppState,
@@ -55,13 +47,14 @@ fn validate(
     req: ExecutionRequest,
 ) -> Result<Job, ApiError> {
     let spec = runtimes::lookup(&req.language)
-        .filter(|spec| state.config.language_list().iter().any(|l| l == spec.name))
+        .filter(|spec| state.config.languages.iter().any(|l| l == spec.name))
         .ok_or_else(|| {
             ApiError::unprocessable(
                 "unsupported_language",
                 format!(
                     "language {:?} is not offered; offered: {}",
-                    req.language, state.config.languages
+                    req.language,
+                    state.config.languages.join(",")
                 ),
             )
         })?;
@@ -73,13 +66,10 @@ fn validate(
     }
     let mut seen = std::collections::HashSet::new();
     for (i, file) in req.files.iter().enumerate() {
-        if !valid_file_name(&file.name) {
+        if let Err(reason) = rules::check_file_name(&file.name) {
             return Err(ApiError::unprocessable(
                 "invalid_file_name",
-                format!(
-                    "files[{i}].name {:?}: must be 1-255 bytes, not '.' or '..', without '/' or NUL",
-                    file.name
-                ),
+                format!("files[{i}].name {:?}: {reason}", file.name),
             ));
         }
         if !seen.insert(file.name.as_str()) {
@@ -111,7 +101,8 @@ fn validate(
     }
     let limits = state
         .config
-        .resolve_limits(req.limits)
+        .limit_rules()
+        .resolve(req.limits)
         .map_err(|message| ApiError::unprocessable("invalid_limits", message))?;
     Ok(Job {
         execution_id: execution_id.to_string(),
@@ -155,7 +146,7 @@ pub(super) async fn submit(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let submitted = executions::submit(
         &state.store,
-        state.submit_params(),
+        state.config.submit_params(),
         &game_id,
         &execution_id,
         &job_json,
@@ -193,7 +184,7 @@ pub(super) async fn submit(
                 vm_id: None,
                 created_at: submitted
                     .created_ms
-                    .map(crate::model::rfc3339_ms)
+                    .map(warmpool_core::model::rfc3339_ms)
                     .unwrap_or_default(),
                 started_at: None,
                 finished_at: None,
@@ -230,20 +221,4 @@ pub(super) async fn get(
         response.headers_mut().insert(header::CONTENT_LOCATION, v);
     }
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_file_name;
-
-    #[test]
-    fn file_names_that_could_escape_the_work_dir_are_rejected() {
-        assert!(valid_file_name("main.py"));
-        assert!(valid_file_name(".hidden"));
-        for bad in ["", ".", "..", "a/b", "/etc/passwd", "../x", "a\0b"] {
-            assert!(!valid_file_name(bad), "{bad:?}");
-        }
-        assert!(valid_file_name(&"a".repeat(255)));
-        assert!(!valid_file_name(&"a".repeat(256)));
-    }
 }

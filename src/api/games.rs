@@ -1,5 +1,7 @@
 //! `/v1/games/{game_id}`: start or refresh, read, delete.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,11 +10,12 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::model::{ErrorDetail, ExecutionState, Game};
-use crate::routing::{self, Deleted};
+use crate::routing::Ending;
+use warmpool_core::model::{Game, GameState};
+use warmpool_core::store::games::{self, Deleted};
 
 pub(super) fn check_game_id(game_id: &str) -> Result<(), ApiError> {
-    if routing::valid_game_id(game_id) {
+    if warmpool_core::rules::valid_game_id(game_id) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
@@ -57,10 +60,10 @@ pub(super) async fn put_game(
     } else {
         parse_json(&body)?
     };
-    let max = state.config.max_game_ttl_s;
-    let ttl_s = match body.ttl_s {
+    let max = state.config.max_game_ttl.as_secs();
+    let ttl = match body.ttl_s {
         None => None,
-        Some(t) if (1..=max).contains(&t) => Some(t),
+        Some(t) if (1..=max).contains(&t) => Some(Duration::from_secs(t)),
         Some(t) => {
             return Err(ApiError::unprocessable(
                 "invalid_ttl",
@@ -68,15 +71,15 @@ pub(super) async fn put_game(
             ))
         }
     };
-    let (game, created) = routing::put_game(
+    let (game, created) = games::put_game(
         &state.store,
         &game_id,
-        ttl_s.map(|t| t * 1000),
-        state.config.game_ttl_s * 1000,
+        ttl,
+        state.config.game_ttl,
         state.config.placement,
     )
     .await?;
-    if game.state == crate::model::GameState::Pending {
+    if game.state == GameState::Pending {
         state.request_reconcile().await;
     }
     let status = if created {
@@ -92,7 +95,7 @@ pub(super) async fn get_game(
     Path(game_id): Path<String>,
 ) -> Result<Json<Game>, ApiError> {
     check_game_id(&game_id)?;
-    routing::get_game(&state.store, &game_id)
+    games::get_game(&state.store, &game_id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("game_not_found", format!("no game {game_id}")))
@@ -103,43 +106,16 @@ pub(super) async fn delete_game(
     Path(game_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_game_id(&game_id)?;
-    match routing::delete_game(&state.store, &game_id, false).await? {
-        Deleted::Deleted { queued, vm_id } => {
-            end_game_queue(&state, &queued, "game_deleted", "the game was deleted").await?;
-            if vm_id.is_some() {
-                // A slot freed: the next pending game may take it.
-                routing::place_pending(&state.store, state.config.placement, None).await?;
-            }
-            Ok(StatusCode::NO_CONTENT)
-        }
+    match state
+        .config
+        .leases()
+        .end_game(&state.store, &game_id, Ending::Deleted)
+        .await?
+    {
+        Deleted::Deleted { .. } => Ok(StatusCode::NO_CONTENT),
         Deleted::Gone | Deleted::Alive => Err(ApiError::not_found(
             "game_not_found",
             format!("no game {game_id}"),
         )),
     }
-}
-
-/// Cancels the queued executions of a game that ended.
-pub(crate) async fn end_game_queue(
-    state: &AppState,
-    queued: &[String],
-    code: &str,
-    message: &str,
-) -> Result<(), crate::store::StoreError> {
-    let error = ErrorDetail {
-        code: code.to_string(),
-        message: message.to_string(),
-    };
-    for id in queued {
-        crate::executions::end_queued(
-            &state.store,
-            id,
-            ExecutionState::Cancelled,
-            &error,
-            state.config.result_ttl_s * 1000,
-            false,
-        )
-        .await?;
-    }
-    Ok(())
 }

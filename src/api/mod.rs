@@ -18,12 +18,10 @@ use axum::Router;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
-pub(crate) use games::end_game_queue;
 
 use crate::config::Config;
-use crate::executions::SubmitParams;
-use crate::store::Store;
 use crate::waiters::Waiters;
+use warmpool_core::store::Store;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -46,15 +44,6 @@ impl AppState {
             .client()
             .publish(&self.store.keys.events, crate::waiters::RECONCILE)
             .await;
-    }
-
-    pub fn submit_params(&self) -> SubmitParams {
-        SubmitParams {
-            queue_timeout_ms: self.config.queue_timeout_s * 1000,
-            game_ttl_ms: self.config.game_ttl_s * 1000,
-            placement: self.config.placement,
-            retention_ms: self.config.result_ttl_s * 1000,
-        }
     }
 }
 

@@ -11,10 +11,14 @@ use serde_json::json;
 
 use super::games::parse_json;
 use super::{ApiError, AppState};
-use crate::model::{GameCounts, LanguageInfo, LeaderInfo, PoolStatus, ScalingNote};
-use crate::pool::sizing::{Reservation, SizingInputs};
-use crate::pool::{leader, reconciler, vms};
-use crate::{routing, runtimes};
+use crate::pool::control;
+use crate::pool::sizing::SizingInputs;
+use warmpool_core::model::{
+    GameCounts, LanguageInfo, LeaderInfo, PoolStatus, ScalingNote, VmStatus,
+};
+use warmpool_core::runtimes;
+use warmpool_core::store::reservations::{self, Added, Reservation};
+use warmpool_core::store::{games, leader, vms};
 
 /// Inputs with the operator's settings, as `GET /v1/pool` and `/v1/pool/plan` show them.
 fn inputs_json(state: &AppState, i: &SizingInputs) -> serde_json::Value {
@@ -36,9 +40,9 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<PoolSta
     // Games first, VMs second: a VM takes games only once it is ready, so every game counted
     // as placed is on a VM the later list shows (at least) ready. The other order could show
     // 24 games placed on 5 ready VMs of 4 (a sixth turned ready and took 4 between the reads).
-    let (placed, pending) = routing::game_counts(&state.store).await?;
-    let vms = vms::list(&state.store).await?;
-    let control = reconciler::read_control(&state.store).await?;
+    let (placed, pending) = games::game_counts(&state.store).await?;
+    let vms = vm_statuses(&state.store).await?;
+    let control = control::read(&state.store).await?;
     let leader = leader::current(&state.store).await?;
     let formula = state
         .config
@@ -60,17 +64,17 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<PoolSta
         }),
         provider: control.as_ref().map(|c| {
             let p = &c.provider;
-            crate::model::ProviderHealth {
-                name: state.config.provider.clone(),
+            warmpool_core::model::ProviderHealth {
+                name: state.config.provider.as_str().to_string(),
                 creates_paused_until: p
                     .paused_until_ms
                     .filter(|t| *t > c.measured_ms)
-                    .map(crate::model::rfc3339_ms),
+                    .map(warmpool_core::model::rfc3339_ms),
                 last_error: p.last_error.clone(),
                 creates_failed: p.creates_failed,
                 vms_lost: p.vms_lost,
                 orphans_deleted: p.orphans_deleted,
-                last_sync: p.last_sync_ms.map(crate::model::rfc3339_ms),
+                last_sync: p.last_sync_ms.map(warmpool_core::model::rfc3339_ms),
                 last_sync_error: p.last_sync_error.clone(),
             }
         }),
@@ -107,7 +111,7 @@ pub(super) async fn plan(
     State(state): State<AppState>,
     Query(q): Query<PlanQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let measured = reconciler::read_control(&state.store)
+    let measured = control::read(&state.store)
         .await?
         .map(|c| c.inputs)
         .unwrap_or(SizingInputs {
@@ -155,13 +159,12 @@ struct ReservationRequest {
 const MAX_RESERVED_GAMES: u64 = 100_000;
 const MAX_RESERVATION_S: u64 = 7 * 86_400;
 const MAX_LEAD_S: i64 = 30 * 86_400;
-const MAX_RESERVATIONS: usize = 1_000;
+const MAX_RESERVATIONS: u32 = 1_000;
 
 pub(super) async fn create_reservation(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    use fred::prelude::*;
     let req: ReservationRequest = parse_json(&body)?;
     if !(1..=MAX_RESERVED_GAMES).contains(&req.games) {
         return Err(ApiError::unprocessable(
@@ -197,33 +200,20 @@ pub(super) async fn create_reservation(
             "start_at + duration_s must end in the future, and start_at be within 30 days",
         ));
     }
-    let existing: u64 = state
-        .store
-        .client()
-        .hlen(&state.store.keys.reservations)
-        .await?;
-    if existing as usize >= MAX_RESERVATIONS {
-        return Err(ApiError::unprocessable(
-            "too_many_reservations",
-            format!("at most {MAX_RESERVATIONS} reservations at once"),
-        ));
-    }
     let reservation = Reservation {
         reservation_id: uuid::Uuid::new_v4().simple().to_string(),
         games: req.games as u32,
         start_ms: start_ms.max(0) as u64,
         duration_ms: req.duration_s * 1000,
         arrived: 0,
+        starts_at_start: None,
     };
-    let json = serde_json::to_string(&reservation).unwrap_or_default();
-    let _: i64 = state
-        .store
-        .client()
-        .hset(
-            &state.store.keys.reservations,
-            (reservation.reservation_id.as_str(), json),
-        )
-        .await?;
+    if reservations::add(&state.store, &reservation, MAX_RESERVATIONS).await? == Added::Full {
+        return Err(ApiError::unprocessable(
+            "too_many_reservations",
+            format!("at most {MAX_RESERVATIONS} reservations at once"),
+        ));
+    }
     state.request_reconcile().await;
     Ok((StatusCode::CREATED, Json(reservation_json(&reservation))).into_response())
 }
@@ -232,7 +222,7 @@ fn reservation_json(r: &Reservation) -> serde_json::Value {
     json!({
         "reservation_id": r.reservation_id,
         "games": r.games,
-        "start_at": crate::model::rfc3339_ms(r.start_ms),
+        "start_at": warmpool_core::model::rfc3339_ms(r.start_ms),
         "duration_s": r.duration_ms / 1000,
         "arrived": r.arrived,
     })
@@ -241,7 +231,7 @@ fn reservation_json(r: &Reservation) -> serde_json::Value {
 pub(super) async fn list_reservations(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let all = reconciler::reservations(&state.store).await?;
+    let all = reservations::list(&state.store).await?;
     Ok(Json(json!(all
         .iter()
         .map(reservation_json)
@@ -252,13 +242,7 @@ pub(super) async fn delete_reservation(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    use fred::prelude::*;
-    let removed: i64 = state
-        .store
-        .client()
-        .hdel(&state.store.keys.reservations, &id)
-        .await?;
-    if removed == 0 {
+    if !reservations::delete(&state.store, &id).await? {
         return Err(ApiError::not_found(
             "reservation_not_found",
             format!("no reservation {id}"),
@@ -276,7 +260,7 @@ pub(super) async fn languages(
     Ok(Json(
         state
             .config
-            .language_list()
+            .languages
             .iter()
             .filter_map(|name| runtimes::lookup(name))
             .map(|spec| LanguageInfo {
@@ -289,4 +273,33 @@ pub(super) async fn languages(
             })
             .collect(),
     ))
+}
+
+/// Every VM as `GET /v1/pool` shows it. A record that cannot be read fails the answer (it is
+/// logged and counted where it is read): the list would otherwise hide a VM.
+async fn vm_statuses(store: &warmpool_core::store::Store) -> Result<Vec<VmStatus>, ApiError> {
+    let snapshot = vms::snapshot(store).await?;
+    if let Some(u) = snapshot.unreadable.first() {
+        return Err(warmpool_core::store::StoreError::Corrupt {
+            what: format!("VM {}", u.vm_id),
+            problem: u.problem.clone(),
+        }
+        .into());
+    }
+    let now_ms = snapshot.now_ms;
+    Ok(snapshot
+        .vms
+        .into_iter()
+        .map(|vm| VmStatus {
+            heartbeat_age_s: vm
+                .heartbeat_ms
+                .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
+            vm_id: vm.vm_id,
+            state: vm.state,
+            games: u64::from(vm.games),
+            capacity: u64::from(vm.capacity),
+            running: u64::from(vm.running),
+            languages: vm.languages,
+        })
+        .collect())
 }

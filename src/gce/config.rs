@@ -139,16 +139,18 @@ pub struct GceConfig {
     #[arg(
         long = "gce-operation-timeout-s",
         env = "WARMPOOL_GCE_OPERATION_TIMEOUT_S",
-        default_value_t = 180.0
+        value_parser = warmpool_core::config::secs,
+        default_value = "180"
     )]
-    pub operation_timeout_s: f64,
+    pub operation_timeout: Duration,
     /// First delay between polls of a zone operation (doubling up to 5 s).
     #[arg(
         long = "gce-poll-ms",
         env = "WARMPOOL_GCE_POLL_MS",
-        default_value_t = 1_000
+        value_parser = warmpool_core::config::millis,
+        default_value = "1000"
     )]
-    pub poll_ms: u64,
+    pub poll: Duration,
     /// API endpoint override (tests point it at a fake on loopback).
     #[arg(long = "gce-endpoint", env = "WARMPOOL_GCE_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -157,9 +159,19 @@ pub struct GceConfig {
     #[arg(
         long = "gce-credentials",
         env = "WARMPOOL_GCE_CREDENTIALS",
-        default_value = "adc"
+        value_enum,
+        default_value_t = Credentials::Adc
     )]
-    pub credentials: String,
+    pub credentials: Credentials,
+}
+
+/// How the provider authenticates to Compute Engine (`WARMPOOL_GCE_CREDENTIALS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Credentials {
+    /// Application Default Credentials.
+    Adc,
+    /// None: for a fake Compute Engine on loopback.
+    Anonymous,
 }
 
 /// Validated Compute Engine settings.
@@ -192,10 +204,7 @@ pub struct GceSettings {
 }
 
 fn bad(name: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name,
-        message: message.into(),
-    }
+    ConfigError::new(name, message)
 }
 
 /// Compute Engine names and label values: lowercase letters, digits and hyphens.
@@ -287,9 +296,10 @@ impl GceConfig {
             labels.insert(k.to_string(), v.to_string());
         }
         // `;` or newlines between settings: values may hold commas (log filters do).
-        let agent_env = super::agent_env::parse(&self.agent_env.replace(';', "\n")).map_err(
-            |(n, problem)| bad("WARMPOOL_GCE_AGENT_ENV", format!("setting {n}: {problem}")),
-        )?;
+        let agent_env = warmpool_core::agent_env::parse(&self.agent_env.replace(';', "\n"))
+            .map_err(|(n, problem)| {
+                bad("WARMPOOL_GCE_AGENT_ENV", format!("setting {n}: {problem}"))
+            })?;
         if self.max_inserts_per_min == 0 {
             return Err(bad(
                 "WARMPOOL_GCE_MAX_INSERTS_PER_MIN",
@@ -302,20 +312,19 @@ impl GceConfig {
                 "must be greater than 0",
             ));
         }
-        if !(self.operation_timeout_s.is_finite() && self.operation_timeout_s > 0.0) {
+        if self.operation_timeout.is_zero() {
             return Err(bad(
                 "WARMPOOL_GCE_OPERATION_TIMEOUT_S",
-                "must be a number greater than 0",
+                "must be greater than 0",
             ));
         }
         if self.disk_gb == 0 {
             return Err(bad("WARMPOOL_GCE_DISK_GB", "must be greater than 0"));
         }
-        let anonymous = match self.credentials.as_str() {
-            "adc" => false,
-            "anonymous" => true,
-            _ => return Err(bad("WARMPOOL_GCE_CREDENTIALS", "one of: adc, anonymous")),
-        };
+        let anonymous = self.credentials == Credentials::Anonymous;
+        if self.poll < Duration::from_millis(10) {
+            return Err(bad("WARMPOOL_GCE_POLL_MS", "must be at least 10"));
+        }
         if self.instance_template.is_none() && self.agent_image.is_empty() {
             return Err(bad(
                 "WARMPOOL_GCE_AGENT_IMAGE",
@@ -359,8 +368,8 @@ impl GceConfig {
             agent_env,
             max_inserts_per_min: self.max_inserts_per_min,
             max_reads_per_min: self.max_reads_per_min,
-            operation_timeout: Duration::from_secs_f64(self.operation_timeout_s),
-            poll: Duration::from_millis(self.poll_ms.max(10)),
+            operation_timeout: self.operation_timeout,
+            poll: self.poll,
             endpoint: self.endpoint.clone().filter(|e| !e.is_empty()),
             anonymous,
         })
@@ -551,10 +560,10 @@ mod tests {
             "WARMPOOL_GCE_LABELS"
         );
         let mut c = config();
-        c.credentials = "key".into();
+        c.poll = Duration::from_millis(1);
         assert_eq!(
             c.settings("games", "redis://r").unwrap_err().name,
-            "WARMPOOL_GCE_CREDENTIALS"
+            "WARMPOOL_GCE_POLL_MS"
         );
     }
 

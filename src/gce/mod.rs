@@ -23,7 +23,6 @@
 //! - After a Redis data loss the VM counter restarts: a new record can be given the name of a
 //!   surviving instance, which is then taken as that VM (its agent registers under that id).
 
-pub mod agent_env;
 pub mod config;
 pub mod errors;
 pub mod limiter;

@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::scripts::SCRIPTS;
-use crate::store::{arg, Store, StoreResult};
+use warmpool_core::store::{leader, Store, StoreResult};
 
 /// This replica's view of the leadership.
 #[derive(Clone)]
@@ -66,29 +65,15 @@ impl Leadership {
 
     /// Takes or renews the lease. Any error means: not leading.
     pub async fn try_lead(&self) -> StoreResult<Option<u64>> {
-        let k = &self.store.keys;
-        let result = self
-            .store
-            .call(
-                &SCRIPTS.acquire_leader,
-                vec![k.leader.clone(), k.fence.clone()],
-                vec![
-                    arg(self.replica_id.as_str()),
-                    arg(self.ttl.as_millis() as i64),
-                ],
-            )
-            .await
-            .and_then(|reply| reply.int(0));
-        match result {
-            Ok(t) if t > 0 => {
-                let t = t as u64;
+        match leader::acquire(&self.store, &self.replica_id, self.ttl).await {
+            Ok(Some(t)) => {
                 let before = self.token.swap(t, Ordering::SeqCst);
                 if before != t {
                     tracing::info!(replica = %self.replica_id, token = t, "leading the pool");
                 }
                 Ok(Some(t))
             }
-            Ok(_) => {
+            Ok(None) => {
                 self.step_down();
                 Ok(None)
             }
@@ -117,24 +102,7 @@ impl Leadership {
         }
         let token = self.token.swap(0, Ordering::SeqCst);
         if token > 0 {
-            let _ = self
-                .store
-                .call(
-                    &SCRIPTS.release_leader,
-                    vec![self.store.keys.leader.clone()],
-                    vec![arg(self.replica_id.as_str()), arg(token.to_string())],
-                )
-                .await;
+            let _ = leader::release(&self.store, &self.replica_id, token).await;
         }
     }
-}
-
-/// The holder of the lease and the current token, as `GET /v1/pool` shows them.
-pub async fn current(store: &Store) -> StoreResult<Option<(String, u64)>> {
-    use fred::prelude::*;
-    let value: Option<String> = store.client().get(&store.keys.leader).await?;
-    Ok(value.and_then(|v| {
-        let (replica, token) = v.rsplit_once('|')?;
-        Some((replica.to_string(), token.parse().ok()?))
-    }))
 }

@@ -24,8 +24,8 @@ pub struct LocalSettings {
     pub agent_bin: PathBuf,
     pub redis_url: String,
     pub pool: String,
-    pub boot_delay_ms: u64,
-    pub sandbox: String,
+    pub boot_delay: std::time::Duration,
+    pub sandbox: warmpool_core::config::SandboxBackend,
     pub slots: u32,
 }
 
@@ -106,8 +106,11 @@ impl Provider for LocalProvider {
                 .env("WARMPOOL_REDIS_URL", &s.redis_url)
                 .env("WARMPOOL_VM_CAPACITY", spec.capacity.to_string())
                 .env("WARMPOOL_VM_SECRET", &spec.secret)
-                .env("WARMPOOL_AGENT_BOOT_DELAY_MS", s.boot_delay_ms.to_string())
-                .env("WARMPOOL_AGENT_SANDBOX", &s.sandbox)
+                .env(
+                    "WARMPOOL_AGENT_BOOT_DELAY_MS",
+                    s.boot_delay.as_millis().to_string(),
+                )
+                .env("WARMPOOL_AGENT_SANDBOX", s.sandbox.as_str())
                 .env("WARMPOOL_AGENT_SLOTS", s.slots.to_string())
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
@@ -178,7 +181,7 @@ fn find_agents(pool: &str, vm_id: Option<&str>) -> Vec<i32> {
 /// show several pids: all are listed (delete kills them all).
 fn find_agent_vms(pool: &str) -> Vec<(String, i32)> {
     let mut out = Vec::new();
-    for p in crate::procfs::processes() {
+    for p in warmpool_core::procfs::processes() {
         if !p.program().ends_with("warmpool-agent") {
             continue;
         }

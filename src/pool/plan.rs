@@ -2,16 +2,25 @@
 //! snapshot from Redis, calls [`plan`], then acts; it is never told why it ran, so the plan is
 //! computed from state alone and running it twice does no harm.
 //!
+//! Everything that decides is an input here, so a table of snapshots tests it: the VMs, the
+//! formula's answer, the creates still running on this leader, whether the provider's create
+//! pause lets creates out, and whether this pool's size is managed at all.
+//!
 //! # Rules, in order
 //! 1. A Ready or Draining VM whose heartbeat is older than `heartbeat_timeout` is failed (its
 //!    games move, its unfinished executions are queued again); a Provisioning or Booting VM
 //!    older than `boot_timeout` is failed too (and replaced by rule 3, since it no longer
-//!    counts). Dead VMs are deleted at the provider.
+//!    counts), unless its create is still running here (a slow provider is not a dead VM).
+//!    Dead VMs are deleted at the provider.
 //! 2. The target is the desired size, or `min_vms` once the pool has been idle (no games, none
 //!    pending, none reserved) for `idle_timeout`: scale to zero.
+//!    A pool whose size is not managed (provider `none`: VMs are started elsewhere) keeps the
+//!    size it has after rule 1: nothing is created or drained.
 //! 3. Scale up at once: Provisioning, Booting and Ready VMs count as capacity (coming or here);
 //!    Draining VMs are taken back first (they are warm), then new VMs are created, at most
-//!    `max_creates_per_pass` per pass (the rest next pass).
+//!    `max_creates_per_pass` per pass (the rest next pass) and as many as the create gate
+//!    lets out: none while creates are paused after a failure, one at a time while a probe
+//!    after a pause has not succeeded yet.
 //! 4. Scale down only after the target stayed lower for `scale_down_delay` (or at once when
 //!    the idle timeout made it so): VMs not yet Ready go first (they hold nothing), then the
 //!    Ready VMs with the fewest games are drained (they take no new games).
@@ -23,29 +32,27 @@
 //! 3 VMs Ready with 8, 2 and 0 games, desired 2, lower for 301 s with a 300 s delay: the VM with
 //! 0 games is drained; next pass it is retired (empty), and the pool settles at 2.
 
-use crate::model::VmState;
+use std::collections::HashSet;
 
-/// One VM as the reconciler sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VmView {
-    pub vm_id: String,
-    pub state: VmState,
-    pub games: u32,
-    pub capacity: u32,
-    pub running: u32,
-    /// When the pool recorded it (Redis clock, ms).
-    pub created_ms: u64,
-    /// Last heartbeat; `None` before the agent's first.
-    pub heartbeat_ms: Option<u64>,
-    /// When it entered its current state (draining since, ...).
-    pub state_since_ms: u64,
+use warmpool_core::model::VmState;
+use warmpool_core::store::vms::VmRecord;
+
+/// Whether creates may go out now (see `control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateGate {
+    Open,
+    /// After a pause, until a create succeeds: one at a time.
+    Probe,
+    /// Paused after a failure, or a probe is already out.
+    Closed,
 }
 
 /// What the reconciler observed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub now_ms: u64,
-    pub vms: Vec<VmView>,
+    /// Every VM record the leader can read (one it cannot is left out, and left alone).
+    pub vms: Vec<VmRecord>,
     /// The formula's answer (already clamped to min..max).
     pub desired: u32,
     /// Since when the pool has had no game, none pending and none reserved; `None`: busy.
@@ -55,6 +62,12 @@ pub struct Snapshot {
     pub below_since_ms: Option<u64>,
     /// VMs the provider no longer runs (see [`super::inventory`]): failed at once.
     pub lost: Vec<String>,
+    /// VMs whose create is still running on this leader: not failed for their boot time.
+    pub creating: HashSet<String>,
+    /// Whether creates may go out.
+    pub gate: CreateGate,
+    /// Whether this pool's size is managed here (`false` with provider `none`).
+    pub manage_size: bool,
 }
 
 /// Operator settings of the reconciler.
@@ -143,9 +156,9 @@ pub fn plan(s: &Snapshot, p: &PlanParams) -> Plan {
                 let last = vm.heartbeat_ms.unwrap_or(vm.state_since_ms);
                 (age(last) > p.heartbeat_timeout_ms).then_some(FailReason::HeartbeatLost)
             }
-            VmState::Provisioning | VmState::Booting => {
-                (age(vm.created_ms) > p.boot_timeout_ms).then_some(FailReason::BootTimeout)
-            }
+            VmState::Provisioning | VmState::Booting => (age(vm.created_ms) > p.boot_timeout_ms
+                && !s.creating.contains(&vm.vm_id))
+            .then_some(FailReason::BootTimeout),
             VmState::Dead => {
                 actions.push(Action::Delete {
                     vm_id: vm.vm_id.clone(),
@@ -161,31 +174,33 @@ pub fn plan(s: &Snapshot, p: &PlanParams) -> Plan {
             failed.push(&vm.vm_id);
         }
     }
-    let alive = |vm: &&VmView| !failed.contains(&vm.vm_id.as_str());
+    let alive = |vm: &&VmRecord| !failed.contains(&vm.vm_id.as_str());
 
-    // 2. The target.
-    let idle_for = s.idle_since_ms.map(|t| s.now_ms.saturating_sub(t));
-    let idle = idle_for.is_some_and(|d| d >= p.idle_timeout_ms);
-    let target = if idle {
-        p.min_vms
-    } else {
-        s.desired.max(p.min_vms)
-    };
-
-    let live: Vec<&VmView> = s
+    let live: Vec<&VmRecord> = s
         .vms
         .iter()
         .filter(alive)
         .filter(|vm| is_coming_or_ready(vm.state))
         .collect();
     let live_n = live.len() as u32;
+
+    // 2. The target.
+    let idle_for = s.idle_since_ms.map(|t| s.now_ms.saturating_sub(t));
+    let idle = s.manage_size && idle_for.is_some_and(|d| d >= p.idle_timeout_ms);
+    let target = if !s.manage_size {
+        live_n
+    } else if idle {
+        p.min_vms
+    } else {
+        s.desired.max(p.min_vms)
+    };
     let mut below_since_ms = None;
     let mut reason = format!("steady: {live_n} VMs, target {target}");
 
     if target > live_n {
         // 3. Scale up: take draining VMs back first (most games first: they are busiest).
         let mut need = target - live_n;
-        let mut draining: Vec<&VmView> = s
+        let mut draining: Vec<&VmRecord> = s
             .vms
             .iter()
             .filter(alive)
@@ -198,7 +213,12 @@ pub fn plan(s: &Snapshot, p: &PlanParams) -> Plan {
             });
             need -= 1;
         }
-        let create = need.min(p.max_creates_per_pass);
+        let gate = match s.gate {
+            CreateGate::Open => u32::MAX,
+            CreateGate::Probe => 1,
+            CreateGate::Closed => 0,
+        };
+        let create = need.min(p.max_creates_per_pass).min(gate);
         if create > 0 {
             actions.push(Action::Create { count: create });
         }
@@ -215,7 +235,7 @@ pub fn plan(s: &Snapshot, p: &PlanParams) -> Plan {
             let mut order = live.clone();
             // Not-yet-Ready first, then fewest games, fewest running, newest.
             order.sort_by(|a, b| {
-                let rank = |vm: &VmView| u8::from(vm.state == VmState::Ready);
+                let rank = |vm: &VmRecord| u8::from(vm.state == VmState::Ready);
                 rank(a)
                     .cmp(&rank(b))
                     .then(a.games.cmp(&b.games))
@@ -307,8 +327,8 @@ mod tests {
         }
     }
 
-    fn vm(id: &str, state: VmState, games: u32) -> VmView {
-        VmView {
+    fn vm(id: &str, state: VmState, games: u32) -> VmRecord {
+        VmRecord {
             vm_id: id.into(),
             state,
             games,
@@ -317,10 +337,11 @@ mod tests {
             created_ms: NOW - 60_000,
             heartbeat_ms: Some(NOW - 1_000),
             state_since_ms: NOW - 60_000,
+            languages: Vec::new(),
         }
     }
 
-    fn snap(vms: Vec<VmView>, desired: u32) -> Snapshot {
+    fn snap(vms: Vec<VmRecord>, desired: u32) -> Snapshot {
         Snapshot {
             now_ms: NOW,
             vms,
@@ -328,6 +349,9 @@ mod tests {
             idle_since_ms: None,
             below_since_ms: None,
             lost: Vec::new(),
+            creating: HashSet::new(),
+            gate: CreateGate::Open,
+            manage_size: true,
         }
     }
 
@@ -514,5 +538,71 @@ mod tests {
                 Action::Create { count: 2 },
             ]
         );
+    }
+
+    #[test]
+    fn a_vm_still_being_created_here_is_not_failed_for_its_boot_time() {
+        let mut slow = vm("slow", VmState::Provisioning, 0);
+        slow.created_ms = NOW - 181_000;
+        let mut s = snap(vec![slow], 1);
+        s.creating.insert("slow".into());
+        assert!(plan(&s, &params()).actions.is_empty());
+        s.creating.clear();
+        assert_eq!(
+            plan(&s, &params()).actions[0],
+            Action::Fail {
+                vm_id: "slow".into(),
+                reason: FailReason::BootTimeout
+            }
+        );
+    }
+
+    #[test]
+    fn the_create_gate_caps_creates() {
+        let cases = [
+            (CreateGate::Open, Some(5)),
+            (CreateGate::Probe, Some(1)),
+            (CreateGate::Closed, None),
+        ];
+        for (gate, created) in cases {
+            let mut s = snap(vec![], 5);
+            s.gate = gate;
+            let p = plan(&s, &params());
+            let count = p.actions.iter().find_map(|a| match a {
+                Action::Create { count } => Some(*count),
+                _ => None,
+            });
+            assert_eq!(count, created, "{gate:?}");
+            assert_eq!(p.target, 5, "{gate:?}: the target is the formula's still");
+        }
+    }
+
+    #[test]
+    fn an_unmanaged_pool_fails_dead_vms_but_neither_creates_nor_drains() {
+        let mut silent = vm("silent", VmState::Ready, 3);
+        silent.heartbeat_ms = Some(NOW - 16_000);
+        let mut s = snap(
+            vec![
+                silent,
+                vm("a", VmState::Ready, 0),
+                vm("b", VmState::Ready, 0),
+            ],
+            9,
+        );
+        s.manage_size = false;
+        s.idle_since_ms = Some(0);
+        let p = plan(&s, &params());
+        assert_eq!(
+            p.actions,
+            vec![Action::Fail {
+                vm_id: "silent".into(),
+                reason: FailReason::HeartbeatLost
+            }]
+        );
+        assert_eq!((p.target, p.live), (2, 2));
+        // The formula asking for fewer changes nothing either.
+        s.desired = 0;
+        s.below_since_ms = Some(0);
+        assert_eq!(plan(&s, &params()).actions.len(), 1);
     }
 }

@@ -21,6 +21,7 @@
 use std::fmt;
 
 use evalexpr::{ContextWithMutableVariables, HashMapContext, Node, Value};
+pub use warmpool_core::store::reservations::Reservation;
 
 /// Measured inputs of the formula.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -206,21 +207,16 @@ pub fn smooth_rate(prev_per_s: f64, count: f64, dt_s: f64, half_life_s: f64) -> 
 }
 
 /// Updates a reservation's `arrived` from the pool's game counter: games started since its
-/// start use it up, until its window ends (then it stays as it was). `starts_at_start` is the
-/// counter at the first observation at or after its start. Returns how many arrivals this
+/// start use it up, until its window ends (then it stays as it was). Its `starts_at_start` is
+/// the counter at the first observation at or after its start. Returns how many arrivals this
 /// update added, which the caller keeps out of the arrival rate: announced games are already
 /// counted as `reserved`, and counting them again as arrivals would buy the burst twice for a
 /// few half-lives after it lands.
-pub fn count_arrivals(
-    r: &mut Reservation,
-    starts_at_start: &mut Option<u64>,
-    starts: u64,
-    now_ms: u64,
-) -> u64 {
+pub fn count_arrivals(r: &mut Reservation, starts: u64, now_ms: u64) -> u64 {
     if now_ms < r.start_ms || now_ms >= r.start_ms + r.duration_ms {
         return 0;
     }
-    let base = *starts_at_start.get_or_insert(starts);
+    let base = *r.starts_at_start.get_or_insert(starts);
     let arrived = starts.saturating_sub(base).min(u64::from(r.games)) as u32;
     let added = arrived.saturating_sub(r.arrived);
     r.arrived = r.arrived.max(arrived);
@@ -243,20 +239,6 @@ pub fn boot_p90(samples_s: &[f64], fallback_s: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
-}
-
-/// A burst the app announced ahead (`POST /v1/pool/reservations`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Reservation {
-    pub reservation_id: String,
-    pub games: u32,
-    /// When the games start arriving (Unix ms).
-    pub start_ms: u64,
-    pub duration_ms: u64,
-    /// Games started in the pool since `start_ms` (counted by the reconciler), which use up
-    /// the reservation: reserved slots turn into real games.
-    #[serde(default)]
-    pub arrived: u32,
 }
 
 /// Games the formula counts as `reserved` at `now_ms`: each reservation counts from
@@ -320,30 +302,18 @@ mod tests {
             start_ms: 1_000,
             duration_ms: 1_000,
             arrived: 0,
+            starts_at_start: None,
         };
-        let mut base = None;
+        assert_eq!(count_arrivals(&mut r, 100, 999), 0, "not started");
         assert_eq!(
-            count_arrivals(&mut r, &mut base, 100, 999),
-            0,
-            "not started"
-        );
-        assert_eq!(
-            count_arrivals(&mut r, &mut base, 100, 1_000),
+            count_arrivals(&mut r, 100, 1_000),
             0,
             "the counter is noted"
         );
-        assert_eq!(count_arrivals(&mut r, &mut base, 104, 1_500), 4);
-        assert_eq!(
-            count_arrivals(&mut r, &mut base, 120, 1_900),
-            6,
-            "capped at its games"
-        );
+        assert_eq!(count_arrivals(&mut r, 104, 1_500), 4);
+        assert_eq!(count_arrivals(&mut r, 120, 1_900), 6, "capped at its games");
         assert_eq!(r.arrived, 10);
-        assert_eq!(
-            count_arrivals(&mut r, &mut base, 150, 2_000),
-            0,
-            "the window ended"
-        );
+        assert_eq!(count_arrivals(&mut r, 150, 2_000), 0, "the window ended");
     }
 
     #[test]
@@ -362,6 +332,7 @@ mod tests {
             start_ms: 100_000,
             duration_ms: 60_000,
             arrived: 0,
+            starts_at_start: None,
         };
         let boot = 45_000;
         assert_eq!(reserved_now(std::slice::from_ref(&r), 54_999, boot), 0.0);

@@ -2,295 +2,101 @@
 //!
 //! A game is leased to one Ready VM and stays there (sticky): every execution of the game runs
 //! on that VM. With no free Ready slot the game is pending, first in first out, and is placed
-//! by the same choice (`redis/common.lua: pick_vm`) as soon as a VM becomes Ready or a slot
-//! frees. All of it is decided inside Lua scripts, so any number of replicas can place games
-//! concurrently without ever leasing one game twice or a VM past its capacity.
+//! by the same choice as soon as a VM becomes Ready or a slot frees. The choice itself is
+//! `pick_vm` in `redis/common.lua`, its only home; every lease changes inside a script
+//! (`warmpool_core::store::games`), so any number of replicas place games concurrently without
+//! ever leasing one game twice or a VM past its capacity. This module drives a game's life
+//! around those scripts: its end (its queued executions cancelled, its slot handed on) and the
+//! expiry of idle leases.
 //!
 //! # Guarantees
 //! - A game is leased to at most one VM; a VM never holds more games than its capacity.
 //! - Pending games are placed in arrival order.
-//! - A pending game's executions move to its VM's stream, in order, in the same script that
-//!   places the game: none is lost or duplicated between backlog and stream.
+//! - A game that ends leaves no queued execution behind: each ends `cancelled` (and should this
+//!   replica die first, `start_execution` cancels it when an agent reaches it).
 
-use std::str::FromStr;
+use std::time::Duration;
 
-use crate::model::{Game, GameState};
-use crate::store::scripts::SCRIPTS;
-use crate::store::{arg, Store, StoreResult};
+use warmpool_core::model::{ErrorDetail, ExecutionState};
+use warmpool_core::store::executions;
+use warmpool_core::store::games::{self, Deleted, Placement};
+use warmpool_core::store::{Store, StoreResult};
 
-/// Where a new game goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// The Ready VM with the fewest games: spreads load, keeps games fast.
-    LeastLoaded,
-    /// The Ready VM with the most games that still has a slot: fills VMs, so scale-down
-    /// empties whole VMs sooner.
-    Packed,
+/// Most games one expiry sweep ends, so a backlog is worked through in bounded steps.
+const EXPIRY_BATCH: i64 = 256;
+
+/// How games end here, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Leases {
+    pub placement: Placement,
+    /// How long the records of the executions a game's end cancels stay readable.
+    pub retention: Duration,
 }
 
-impl Placement {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Placement::LeastLoaded => "least-loaded",
-            Placement::Packed => "packed",
+/// Why a game ended, as its cancelled executions say.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    /// `DELETE /v1/games/{id}`.
+    Deleted,
+    /// No activity for its lease.
+    Expired,
+}
+
+impl Ending {
+    fn error(self) -> ErrorDetail {
+        let (code, message) = match self {
+            Ending::Deleted => ("game_deleted", "the game was deleted"),
+            Ending::Expired => ("game_expired", "the game's lease expired"),
+        };
+        ErrorDetail {
+            code: code.into(),
+            message: message.into(),
         }
     }
 }
 
-impl FromStr for Placement {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "least-loaded" => Ok(Placement::LeastLoaded),
-            "packed" => Ok(Placement::Packed),
-            other => Err(format!("{other:?}: expected least-loaded or packed")),
-        }
-    }
-}
-
-/// A game id: 1–128 of `[A-Za-z0-9._-]`.
-pub fn valid_game_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Game record as kept in Redis (`{wp:P}:games`).
-#[derive(Debug, Clone, serde::Deserialize)]
-struct StoredGame {
-    vm: String,
-    created: f64,
-    expires: f64,
-}
-
-impl StoredGame {
-    fn into_game(self, game_id: &str) -> Game {
-        let vm_id = (!self.vm.is_empty()).then_some(self.vm);
-        Game {
-            game_id: game_id.to_string(),
-            state: if vm_id.is_some() {
-                GameState::Placed
-            } else {
-                GameState::Pending
-            },
-            vm_id,
-            created_at: crate::model::rfc3339_ms(self.created as u64),
-            expires_at: crate::model::rfc3339_ms(self.expires as u64),
-        }
-    }
-}
-
-/// Starts a game or refreshes its lease; `true` when it was created by this call. `ttl_ms`
-/// `None` keeps an existing game's lease length (a new one gets `default_ttl_ms`).
-pub async fn put_game(
-    store: &Store,
-    game_id: &str,
-    ttl_ms: Option<u64>,
-    default_ttl_ms: u64,
-    placement: Placement,
-) -> StoreResult<(Game, bool)> {
-    let k = &store.keys;
-    let reply = store
-        .call(
-            &SCRIPTS.put_game,
-            vec![
-                k.games.clone(),
-                k.free.clone(),
-                k.vm_games.clone(),
-                k.vm_cap.clone(),
-                k.pending.clone(),
-                k.game_exp.clone(),
-                k.seq.clone(),
-            ],
-            vec![
-                arg(game_id),
-                arg(ttl_ms.map(|t| t.to_string()).unwrap_or_default()),
-                arg(placement.as_str()),
-                arg(default_ttl_ms as i64),
-            ],
-        )
-        .await?;
-    let created = reply.int(0)? == 1;
-    let vm = reply.str(1)?;
-    let stored = StoredGame {
-        vm,
-        created: reply.int(2)? as f64,
-        expires: reply.int(3)? as f64,
-    };
-    Ok((stored.into_game(game_id), created))
-}
-
-pub async fn get_game(store: &Store, game_id: &str) -> StoreResult<Option<Game>> {
-    use fred::prelude::*;
-    let raw: Option<String> = store.client().hget(&store.keys.games, game_id).await?;
-    Ok(raw
-        .and_then(|raw| serde_json::from_str::<StoredGame>(&raw).ok())
-        .map(|g| g.into_game(game_id)))
-}
-
-/// What deleting a game did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Deleted {
-    /// No such game.
-    Gone,
-    /// The lease has not run out (only when deleting expired games).
-    Alive,
-    /// Deleted; these executions were still queued and must be cancelled.
-    Deleted {
-        vm_id: Option<String>,
-        queued: Vec<String>,
-    },
-}
-
-/// Ends a game and frees its slot. With `only_if_expired` it is the lease sweeper's delete.
-pub async fn delete_game(
-    store: &Store,
-    game_id: &str,
-    only_if_expired: bool,
-) -> StoreResult<Deleted> {
-    let k = &store.keys;
-    let reply = store
-        .call(
-            &SCRIPTS.delete_game,
-            vec![
-                k.games.clone(),
-                k.free.clone(),
-                k.vm_games.clone(),
-                k.vm_cap.clone(),
-                k.vm_state.clone(),
-                k.pending.clone(),
-                k.game_exp.clone(),
-                k.backlog.clone(),
-                k.queued.clone(),
-                k.game_queued.clone(),
-            ],
-            vec![arg(game_id), arg(if only_if_expired { "1" } else { "0" })],
-        )
-        .await?;
-    Ok(match reply.status(&["gone", "alive", "deleted"])? {
-        "gone" => Deleted::Gone,
-        "alive" => Deleted::Alive,
-        _ => {
-            let vm = reply.str(1)?;
-            Deleted::Deleted {
-                vm_id: (!vm.is_empty()).then_some(vm),
-                queued: reply.strs_from(2)?,
-            }
-        }
-    })
-}
-
-/// Most games one `place_pending` call places, so one script never blocks Redis for long.
-const PLACE_BATCH: i64 = 64;
-
-/// Places pending games on Ready VMs until none is pending or no slot is free. Starts with the
-/// VM the caller expects to be chosen (an agent that just became Ready passes itself) or, with
-/// `None`, asks Redis for the current choice. Returns how many games were placed.
-pub async fn place_pending(
-    store: &Store,
-    placement: Placement,
-    first_guess: Option<&str>,
-) -> StoreResult<u64> {
-    use fred::prelude::*;
-    let k = &store.keys;
-    let mut guess = match first_guess {
-        Some(vm) => vm.to_string(),
-        None => {
-            let pending: u64 = store.client().zcard(&k.pending).await?;
-            if pending == 0 {
-                return Ok(0);
-            }
-            let (start, stop) = match placement {
-                Placement::LeastLoaded => (0, 0),
-                Placement::Packed => (-1, -1),
-            };
-            let choice: Vec<String> = store
-                .client()
-                .zrange(&k.free, start, stop, None, false, None, false)
+impl Leases {
+    /// Ends a game: its lease and slot go, its queued executions end `cancelled`, and the
+    /// slot it held goes to the next pending game. An expiry ends it only if its lease ran out
+    /// ([`Deleted::Alive`] otherwise).
+    pub async fn end_game(
+        &self,
+        store: &Store,
+        game_id: &str,
+        ending: Ending,
+    ) -> StoreResult<Deleted> {
+        let only_if_expired = matches!(ending, Ending::Expired);
+        let deleted = games::delete_game(store, game_id, only_if_expired).await?;
+        if let Deleted::Deleted { vm_id, queued } = &deleted {
+            let error = ending.error();
+            for id in queued {
+                executions::end_queued(
+                    store,
+                    id,
+                    ExecutionState::Cancelled,
+                    &error,
+                    self.retention,
+                    false,
+                )
                 .await?;
-            match choice.into_iter().next() {
-                Some(vm) => vm,
-                None => return Ok(0),
+            }
+            if vm_id.is_some() {
+                games::place_pending(store, self.placement, None).await?;
             }
         }
-    };
-    let mut placed = 0u64;
-    // Each round either places games or moves to the VM the script named; both make progress,
-    // and the bound keeps a pathological race from spinning.
-    for _ in 0..1_000 {
-        let reply = store
-            .call(
-                &SCRIPTS.place_pending,
-                vec![
-                    k.free.clone(),
-                    k.vm_games.clone(),
-                    k.vm_cap.clone(),
-                    k.pending.clone(),
-                    k.games.clone(),
-                    k.backlog.clone(),
-                    k.queue(&guess),
-                ],
-                vec![
-                    arg(guess.as_str()),
-                    arg(placement.as_str()),
-                    arg(PLACE_BATCH),
-                ],
-            )
-            .await?;
-        placed += reply.int(0)? as u64;
-        let next = reply.str(1)?;
-        if next.is_empty() {
-            break;
-        }
-        guess = next;
-    }
-    Ok(placed)
-}
-
-/// Game ids whose lease ran out by the Redis clock `now_ms`, at most `limit`.
-pub async fn expired_games(store: &Store, now_ms: u64, limit: i64) -> StoreResult<Vec<String>> {
-    use fred::prelude::*;
-    store
-        .client()
-        .zrangebyscore(
-            &store.keys.game_exp,
-            "-inf",
-            now_ms as f64,
-            false,
-            Some((0, limit)),
-        )
-        .await
-        .map_err(Into::into)
-}
-
-/// Counts for `GET /v1/pool`: (placed, pending).
-pub async fn game_counts(store: &Store) -> StoreResult<(u64, u64)> {
-    use fred::prelude::*;
-    let total: u64 = store.client().hlen(&store.keys.games).await?;
-    let pending: u64 = store.client().zcard(&store.keys.pending).await?;
-    Ok((total.saturating_sub(pending), pending))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn game_ids_follow_the_contract() {
-        assert!(valid_game_id("g"));
-        assert!(valid_game_id("Match_42.round-3"));
-        assert!(valid_game_id(&"a".repeat(128)));
-        for bad in ["", "a b", "a/b", "a:b", "é", "a\0b", "{x}"] {
-            assert!(!valid_game_id(bad), "{bad:?}");
-        }
-        assert!(!valid_game_id(&"a".repeat(129)));
+        Ok(deleted)
     }
 
-    #[test]
-    fn placement_parses_its_two_names_only() {
-        assert_eq!("packed".parse(), Ok(Placement::Packed));
-        assert_eq!("least-loaded".parse(), Ok(Placement::LeastLoaded));
-        assert!("random".parse::<Placement>().is_err());
+    /// Ends the games whose lease ran out by the Redis clock `now_ms`; how many it ended.
+    pub async fn expire_games(&self, store: &Store, now_ms: u64) -> StoreResult<u32> {
+        let mut ended = 0;
+        for game_id in games::expired_games(store, now_ms, EXPIRY_BATCH).await? {
+            if let Deleted::Deleted { .. } = self.end_game(store, &game_id, Ending::Expired).await?
+            {
+                tracing::info!(game_id, "game lease expired");
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 }

@@ -33,12 +33,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
-use crate::model::VmState;
-use crate::pool::plan::{plan, Action, PlanParams, Snapshot, VmView};
+use crate::pool::plan::{plan, Action, CreateGate, PlanParams, Snapshot};
 use crate::pool::sizing::{
     boot_p90, count_arrivals, reserved_now, smooth_rate, Reservation, SizingInputs, SizingParams,
 };
-use crate::routing::Placement;
+use warmpool_core::model::VmState;
+use warmpool_core::store::games::Placement;
+use warmpool_core::store::vms::VmRecord;
 
 use super::rng::Rng;
 use super::trace::{Burst, Trace};
@@ -123,9 +124,6 @@ struct Game {
 struct ReservationState {
     reservation: Reservation,
     announced_ms: Option<u64>,
-    /// The count of started games at the first pass on or after the reservation's start: as
-    /// the reconciler does, games started since then use the reservation up.
-    started_at_start: Option<u64>,
 }
 
 struct Pool<'a> {
@@ -200,9 +198,11 @@ impl<'a> Pool<'a> {
                         start_ms,
                         duration_ms: ms(r.duration_s),
                         arrived: 0,
+                        // As the reconciler does: games started since the first pass on or
+                        // after its start use the reservation up.
+                        starts_at_start: None,
                     },
                     announced_ms: r.announced_s.map(ms),
-                    started_at_start: None,
                 }
             })
             .collect();
@@ -346,8 +346,7 @@ impl<'a> Pool<'a> {
             .iter_mut()
             .filter(|r| r.announced_ms.is_none_or(|a| a <= now))
             .map(|r| {
-                reserved_arrivals +=
-                    count_arrivals(&mut r.reservation, &mut r.started_at_start, started, now);
+                reserved_arrivals += count_arrivals(&mut r.reservation, started, now);
                 r.reservation.clone()
             })
             .collect();
@@ -394,6 +393,10 @@ impl<'a> Pool<'a> {
             idle_since_ms: self.idle_since_ms,
             below_since_ms: self.below_since_ms,
             lost: Vec::new(),
+            // Creates are instant here and never fail: none in flight, the gate always open.
+            creating: Default::default(),
+            gate: CreateGate::Open,
+            manage_size: true,
         };
         let decided = plan(&snapshot, &self.plan_params);
         self.below_since_ms = decided.below_since_ms;
@@ -403,9 +406,9 @@ impl<'a> Pool<'a> {
         self.place_pending(now);
     }
 
-    fn view(&self, i: usize, now: u64) -> VmView {
+    fn view(&self, i: usize, now: u64) -> VmRecord {
         let vm = &self.vms[i];
-        VmView {
+        VmRecord {
             vm_id: vm_id(i),
             state: vm.state,
             games: vm.games.len() as u32,
@@ -414,6 +417,7 @@ impl<'a> Pool<'a> {
             created_ms: vm.created_ms + CLOCK_ORIGIN_MS,
             heartbeat_ms: Some(now + CLOCK_ORIGIN_MS),
             state_since_ms: vm.state_since_ms + CLOCK_ORIGIN_MS,
+            languages: Vec::new(),
         }
     }
 

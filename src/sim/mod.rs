@@ -37,7 +37,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args};
 
 use crate::pool::sizing::{Formula, FormulaError};
-use crate::routing::Placement;
+use warmpool_core::store::games::Placement;
 
 pub use engine::Sample;
 pub use report::Report;

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use warmpool::model::FileSpec;
+use warmpool_core::model::FileSpec;
 
 use super::outcome::Termination;
 use super::{child, seccomp, SandboxError};

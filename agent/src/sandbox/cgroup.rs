@@ -54,14 +54,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::SandboxError;
 
-/// Whether executions run in per-execution cgroups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Whether executions run in per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CgroupMode {
     /// Use the cgroup controllers this host lets the agent use; warn about the missing ones.
     #[default]
@@ -85,21 +84,6 @@ impl CgroupMode {
 impl fmt::Display for CgroupMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CgroupMode {
-    type Err = SandboxError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "required" => Ok(Self::Required),
-            "off" => Ok(Self::Off),
-            other => Err(SandboxError::Config(format!(
-                "unknown cgroup mode {other:?} (expected \"auto\", \"required\" or \"off\")"
-            ))),
-        }
     }
 }
 
@@ -840,13 +824,11 @@ mod tests {
 
     #[test]
     fn modes_parse_from_their_names() {
+        use clap::ValueEnum;
         for mode in [CgroupMode::Auto, CgroupMode::Required, CgroupMode::Off] {
-            assert_eq!(mode.as_str().parse::<CgroupMode>().ok(), Some(mode));
+            assert_eq!(CgroupMode::from_str(mode.as_str(), false), Ok(mode));
         }
-        assert_eq!(
-            "yes".parse::<CgroupMode>().unwrap_err().kind(),
-            "invalid_config"
-        );
+        assert!(CgroupMode::from_str("yes", false).is_err());
     }
 
     #[test]

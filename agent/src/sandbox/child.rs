@@ -46,7 +46,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::unix::pipe;
 use tokio::time::sleep_until;
-use warmpool::model::Limits;
+use warmpool_core::model::Limits;
 
 use super::outcome::{Stop, Termination};
 use super::output::{self, Captured};

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use warmpool::procfs;
+use warmpool_core::procfs;
 
 /// What `/proc` says of one process, as far as the decision needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //!
 //! # What is isolated, and by what
 //!
-//! With the [`Backend::Bwrap`] backend every execution gets:
+//! With the [`SandboxBackend::Bwrap`] backend every execution gets:
 //!
 //! | threat | defence |
 //! | --- | --- |
@@ -39,12 +39,12 @@
 //! is used once; the next is prepared after the slot's run ended, and the agent's shutdown
 //! kills the spares.
 //!
-//! The [`Backend::Nsjail`] backend gives the same protections through nsjail instead of bwrap
+//! The [`SandboxBackend::Nsjail`] backend gives the same protections through nsjail instead of bwrap
 //! (the same binds, uid, cgroup, rlimits, seccomp policy, supervision and outcome mapping), and
 //! adds a read-only `/`, `nosuid`/`nodev` mounts, a `personality` rule and a whole-second
 //! wall-clock backstop: see `nsjail` for how, and why a small init script stays pid 1.
 //!
-//! The [`Backend::Process`] backend runs the same command with the same rlimits, timeouts and
+//! The [`SandboxBackend::Process`] backend runs the same command with the same rlimits, timeouts and
 //! output caps in a fresh temporary directory, and isolates nothing. It exists for development on
 //! machines without user namespaces.
 //!
@@ -76,67 +76,22 @@ mod seccomp;
 mod slots;
 mod warm;
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use warmpool::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
-use warmpool::runtimes::{self, RuntimeSpec, CATALOG};
+use warmpool_core::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
+use warmpool_core::runtimes::{self, RuntimeSpec, CATALOG};
 
 use crate::metadata::error_chain;
 
 pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
 pub use warm::{stub_main, STUB_COMMAND};
-
-/// Which sandbox runs the jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// bubblewrap: namespaces, a private tmpfs root, an unprivileged uid. Production.
-    Bwrap,
-    /// nsjail: the same sandbox, plus a read-only root and nsjail's own backstops. Production
-    /// (the agent image's default).
-    Nsjail,
-    /// The bare process in a temporary directory with rlimits only. Development only: untrusted
-    /// code run this way can read the host's files and reach its network.
-    Process,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bwrap => "bwrap",
-            Self::Nsjail => "nsjail",
-            Self::Process => "process",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Backend {
-    type Err = SandboxError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "bwrap" => Ok(Self::Bwrap),
-            "nsjail" => Ok(Self::Nsjail),
-            "process" => Ok(Self::Process),
-            other => Err(SandboxError::Config(format!(
-                "unknown sandbox backend {other:?} (expected \"bwrap\", \"nsjail\" or \"process\")"
-            ))),
-        }
-    }
-}
+pub use warmpool_core::config::SandboxBackend;
 
 /// How this VM's sandboxes are set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
-    pub backend: Backend,
+    pub backend: SandboxBackend,
     /// Slot `i` runs as uid and gid `uid_base + i`. One uid per concurrent slot, because
     /// `RLIMIT_NPROC` counts every process of a uid: a fork bomb in one execution then cannot
     /// starve another. The range must belong to no real user of the host.
@@ -157,7 +112,7 @@ pub struct SandboxConfig {
     /// Whether bwrap or nsjail loads the seccomp filter (see `seccomp`). Default on; off only to measure
     /// what it costs.
     pub seccomp: bool,
-    /// The nsjail binary for [`Backend::Nsjail`]; `None`: `WARMPOOL_SANDBOX_NSJAIL`, else
+    /// The nsjail binary for [`SandboxBackend::Nsjail`]; `None`: `WARMPOOL_SANDBOX_NSJAIL`, else
     /// `nsjail` on PATH.
     pub nsjail: Option<PathBuf>,
     /// Keep a warm spare sandbox per slot (see `warm`; bwrap and nsjail). The agent turns it on
@@ -171,7 +126,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
-            backend: Backend::Bwrap,
+            backend: SandboxBackend::Bwrap,
             uid_base: 60_000,
             slots: 4,
             work_dir_mb: 64,
@@ -280,11 +235,11 @@ impl Sandbox {
         // validate_config checked that uid_base + slots fits in a u32.
         leftovers::kill(cfg.uid_base..cfg.uid_base + cfg.slots as u32);
         let launcher = match cfg.backend {
-            Backend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
-            Backend::Nsjail => {
+            SandboxBackend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
+            SandboxBackend::Nsjail => {
                 Launcher::Nsjail(nsjail::Nsjail::locate(cfg.nsjail.as_deref(), cfg.seccomp)?)
             }
-            Backend::Process => {
+            SandboxBackend::Process => {
                 tracing::warn!(
                     "SANDBOX BACKEND `process`: executions run UNSANDBOXED on this host (they can \
                      read its files and reach its network). For development only, never with \
@@ -764,7 +719,7 @@ fn validate_job(job: &Job, work_dir_mb: u64) -> Result<(), SandboxError> {
     let mut seen = std::collections::HashSet::new();
     let mut total: u64 = 0;
     for file in &job.files {
-        check_file_name(&file.name).map_err(|reason| {
+        warmpool_core::rules::check_file_name(&file.name).map_err(|reason| {
             SandboxError::InvalidJob(format!("file name {:?} {reason}", file.name))
         })?;
         if !seen.insert(file.name.as_str()) {
@@ -788,61 +743,9 @@ fn validate_job(job: &Job, work_dir_mb: u64) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// A file name must name one new entry inside the work directory, nothing else. The same rule
-/// as the API's `valid_file_name`, so a name the API accepted is never refused here.
-fn check_file_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 255 {
-        return Err("must be 1 to 255 bytes");
-    }
-    if name.contains('/') || name.contains('\0') {
-        return Err("must not contain '/' or NUL");
-    }
-    // "a..b" is an ordinary name; only "." and ".." name something other than a new entry.
-    if name == "." || name == ".." {
-        return Err("must not be \".\" or \"..\"");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_names_that_could_escape_the_work_dir_are_refused() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "/etc",
-            "../x",
-            "a\0b",
-            &"x".repeat(256),
-        ] {
-            assert!(check_file_name(bad).is_err(), "{bad:?} was accepted");
-        }
-        for good in [
-            "main.py",
-            "-c",
-            ".hidden",
-            "a..b",
-            "x".repeat(255).as_str(),
-            "ünï.js",
-        ] {
-            assert!(check_file_name(good).is_ok(), "{good:?} was refused");
-        }
-    }
-
-    #[test]
-    fn backends_parse_from_their_names() {
-        assert_eq!("bwrap".parse::<Backend>().ok(), Some(Backend::Bwrap));
-        assert_eq!("process".parse::<Backend>().ok(), Some(Backend::Process));
-        assert_eq!("nsjail".parse::<Backend>().ok(), Some(Backend::Nsjail));
-        assert_eq!(Backend::Nsjail.to_string(), "nsjail");
-        let err = "docker".parse::<Backend>().unwrap_err();
-        assert_eq!(err.kind(), "invalid_config");
-    }
 
     #[test]
     fn configs_that_could_run_as_root_or_overflow_are_refused() {

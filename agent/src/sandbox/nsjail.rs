@@ -79,7 +79,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use warmpool::model::FileSpec;
+use warmpool_core::model::FileSpec;
 
 use super::{bwrap, child, seccomp, SandboxError};
 

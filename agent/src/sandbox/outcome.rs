@@ -1,6 +1,6 @@
 //! From what happened to a program to its [`Outcome`]: a pure decision, tested by table.
 
-use warmpool::model::{ExecutionResult, Limits, Outcome};
+use warmpool_core::model::{ExecutionResult, Limits, Outcome};
 
 use super::child::{Finished, Rlimits};
 

@@ -1,7 +1,7 @@
 //! Start-up checks: a sandbox that does not isolate must never take a job, and a runtime is
 //! offered only if it starts inside the sandbox and tells its version.
 
-use warmpool::model::Limits;
+use warmpool_core::model::Limits;
 
 /// Limits of the probe programs. Generous memory: V8 (node) reserves about 800 MB of address
 /// space at start, which RLIMIT_AS counts.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use warmpool::model::FileSpec;
+use warmpool_core::model::FileSpec;
 
 use super::outcome::Termination;
 use super::SandboxError;

@@ -100,8 +100,9 @@ use tokio_util::task::TaskTracker;
 
 use super::cgroup::{Cgroups, ExecCgroup};
 use super::slots::{Slot, SlotState, Slots};
-use super::{bwrap, check_file_name, child, nsjail, Plan, SandboxError};
-use warmpool::model::Limits;
+use super::{bwrap, child, nsjail, Plan, SandboxError};
+use warmpool_core::model::Limits;
+use warmpool_core::rules::check_file_name;
 
 /// The agent's subcommand that runs the stub (`main` dispatches on it before anything else).
 pub const STUB_COMMAND: &str = "sandbox-stub";
@@ -656,7 +657,7 @@ fn reset_signal_dispositions() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warmpool::model::{FileSpec, Limits};
+    use warmpool_core::model::{FileSpec, Limits};
 
     fn plan<'a>(argv: &[&str], files: &'a [FileSpec]) -> Plan<'a> {
         Plan {

@@ -1,0 +1,59 @@
+//! `warmpool-tools`: what developers and operators run beside warmpool, kept out of the
+//! production binary: the benchmarks behind `docs/BENCHMARKS.md` and the narrated demo. Both
+//! drive the real `warmpool` and `warmpool-agent` binaries built beside this one.
+//!
+//! # Layout
+//! - [`bench`]: `bench place|exec|startup|gce|sandbox`, each against a baseline in the same run.
+//! - [`demo`]: `demo`, a game through a cold start on `warmpool dev` (`make demo`).
+
+mod bench;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "warmpool-tools",
+    version,
+    about = "warmpool's benchmarks and demo (not part of a deployment)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks (release build): placement rate, execution latency, start-up, Compute Engine
+    /// scale-up, sandbox overhead.
+    Bench(bench::BenchArgs),
+    /// A narrated local run: `warmpool dev`, a game through a cold start, the pool, shutdown.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    warmpool_core::telemetry::init_tracing();
+    let runtime = match warmpool_core::telemetry::runtime(None) {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Bench(args) => bench::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
