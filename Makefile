@@ -14,7 +14,7 @@ release: deps
 
 demo: deps
 	$(CARGO) build --release --workspace --bins
-	target/release/warmpool demo
+	target/release/warmpool-tools demo
 
 # Every test: see scripts/test.sh (the workspace, then the sandbox suites cold and the attack
 # suite on each backend, warm and cold).
@@ -27,8 +27,8 @@ lint:
 
 bench: deps
 	$(CARGO) build --release --workspace --bins
-	target/release/warmpool bench place
-	target/release/warmpool bench exec
-	target/release/warmpool bench startup
-	target/release/warmpool bench sandbox
-	WARMPOOL_LOG=error target/release/warmpool bench gce
+	target/release/warmpool-tools bench place
+	target/release/warmpool-tools bench exec
+	target/release/warmpool-tools bench startup
+	target/release/warmpool-tools bench sandbox
+	WARMPOOL_LOG=error target/release/warmpool-tools bench gce

@@ -500,19 +500,17 @@ impl<'a> Pool<'a> {
         (i < self.vms.len() && self.vms[i].alive).then_some(i)
     }
 
-    /// `pick_vm`: ids are zero-padded creation indexes, so comparing indexes compares ids.
+    /// The VM [`pick`] chooses among the Ready VMs with a free slot. Ids are zero-padded
+    /// creation indexes, so comparing indexes compares ids.
     fn pick_vm(&self) -> Option<usize> {
         let cap = self.s.games_per_vm as usize;
         let free = self
             .alive
             .iter()
             .copied()
-            .filter(|&i| self.vms[i].state == VmState::Ready && self.vms[i].games.len() < cap);
-        let load = |i: &usize| (self.vms[*i].games.len(), *i);
-        match self.s.placement {
-            Placement::LeastLoaded => free.min_by_key(load),
-            Placement::Packed => free.max_by_key(load),
-        }
+            .filter(|&i| self.vms[i].state == VmState::Ready && self.vms[i].games.len() < cap)
+            .map(|i| (i, self.vms[i].games.len()));
+        pick(free, self.s.placement)
     }
 
     fn place_pending(&mut self, now: u64) {
@@ -594,6 +592,21 @@ impl<'a> Pool<'a> {
             billed_vms: self.alive.len() as u32,
         });
     }
+}
+
+/// The simulator's model of the placement rule, whose only home is `pick_vm` in
+/// `redis/common.lua` (`tests/it/sim.rs` checks on a real Redis that the two choose alike):
+/// among the Ready VMs with a free slot, given as `(id, games)`, least-loaded takes the fewest
+/// games and packed the most; ties go to the lowest id (least-loaded) or the highest (packed),
+/// the order of a sorted set's members of equal score.
+pub fn pick<K: Ord>(free: impl IntoIterator<Item = (K, usize)>, placement: Placement) -> Option<K> {
+    let by_load = |a: &(K, usize), b: &(K, usize)| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0));
+    let free = free.into_iter();
+    match placement {
+        Placement::LeastLoaded => free.min_by(by_load),
+        Placement::Packed => free.max_by(by_load),
+    }
+    .map(|(id, _)| id)
 }
 
 fn vm_id(i: usize) -> String {

@@ -14,5 +14,6 @@ mod cli;
 mod control;
 mod e2e;
 mod gce;
+mod reconciler;
 mod scripts;
 mod sim;

@@ -267,3 +267,68 @@ fn a_bad_trace_or_formula_fails_with_the_reason() {
     let out = Command::new(bin).args(["sim"]).output().unwrap();
     assert!(!out.status.success(), "--trace or --generate is required");
 }
+
+/// The simulator models the placement rule (`warmpool::sim::engine::pick`); the rule itself is
+/// `pick_vm` in `redis/common.lua`. Both must choose the same VM for the same loads: each
+/// round gives random loads to a few Ready VMs on a real Redis, places one game through the
+/// real script, and compares with the model.
+#[tokio::test]
+async fn the_simulators_placement_model_chooses_as_the_lua_rule_does() {
+    use fred::prelude::*;
+    use warmpool::sim::engine::pick;
+    use warmpool_core::store::games::{self, Placement};
+    use warmpool_core::store::vms;
+
+    let redis = crate::common::RedisServer::start().unwrap();
+    let s = crate::common::store(&redis.url(), "pick").await;
+    warmpool_testkit::redis::publish_default_settings(&s).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("vm-{i:06}")).collect();
+    for vm in &ids {
+        vms::register(&s, vm, 1_000, &[], "test", "").await.unwrap();
+    }
+    let mut rng = warmpool::sim::rng::Rng::new(7, 0);
+    let mut game = 0;
+    let mut ties = 0;
+    for round in 0..200 {
+        let placement = if round % 2 == 0 {
+            Placement::LeastLoaded
+        } else {
+            Placement::Packed
+        };
+        // Few distinct loads, so that ties (where the two could part ways) are common.
+        let loads: Vec<usize> = ids.iter().map(|_| (rng.next_u64() % 4) as usize).collect();
+        ties += usize::from(loads.iter().filter(|l| **l == loads[0]).count() > 1);
+        for (vm, load) in ids.iter().zip(&loads) {
+            let _: i64 = s
+                .client()
+                .hset(&s.keys.vm_games, (vm.as_str(), *load as i64))
+                .await
+                .unwrap();
+            let _: i64 = s
+                .client()
+                .zadd(
+                    &s.keys.free,
+                    None,
+                    None,
+                    false,
+                    false,
+                    (*load as f64, vm.as_str()),
+                )
+                .await
+                .unwrap();
+        }
+        game += 1;
+        let (placed, _) = games::put_game(
+            &s,
+            &format!("g{game}"),
+            None,
+            std::time::Duration::from_secs(60),
+            placement,
+        )
+        .await
+        .unwrap();
+        let model = pick(ids.iter().cloned().zip(loads.iter().copied()), placement);
+        assert_eq!(placed.vm_id, model, "{placement:?} with loads {loads:?}");
+    }
+    assert!(ties > 50, "the rounds exercised ties ({ties})");
+}
