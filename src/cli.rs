@@ -73,28 +73,14 @@ pub fn main() -> ExitCode {
         Command::Serve(config) | Command::Dev(config) => config.worker_threads,
         Command::Exec(_) | Command::Sim(_) => None,
     };
-    let runtime = match warmpool_core::telemetry::runtime(worker_threads) {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    warmpool_core::telemetry::block_on(worker_threads, async move {
         match cli.command {
             Command::Serve(config) => serve(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Dev(config) => dev(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Exec(args) => exec(args).await,
             Command::Sim(args) => crate::sim::run(args).await.map(|()| ExitCode::SUCCESS),
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.

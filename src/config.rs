@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 pub use warmpool_core::config::ConfigError;
-use warmpool_core::config::{millis, secs, SandboxBackend};
+use warmpool_core::config::{all_positive, millis, secs, SandboxBackend};
 use warmpool_core::model::Limits;
 use warmpool_core::rules::LimitRules;
 use warmpool_core::store::executions::SubmitParams;
@@ -212,7 +212,7 @@ impl Config {
         if !warmpool_core::rules::valid_pool_name(&self.pool) {
             return Err(bad("WARMPOOL_POOL", "1-32 of [a-z0-9-]"));
         }
-        for (name, value) in [
+        all_positive([
             ("WARMPOOL_GAMES_PER_VM", u64::from(self.games_per_vm)),
             ("WARMPOOL_MAX_ATTEMPTS", u64::from(self.max_attempts)),
             ("WARMPOOL_AGENT_SLOTS", u64::from(self.agent_slots)),
@@ -221,12 +221,8 @@ impl Config {
                 "WARMPOOL_CREATE_CONCURRENCY",
                 u64::from(self.create_concurrency),
             ),
-        ] {
-            if value == 0 {
-                return Err(bad(name, "must be greater than 0"));
-            }
-        }
-        for (name, value) in [
+        ])?;
+        all_positive([
             ("WARMPOOL_QUEUE_TIMEOUT_S", self.queue_timeout),
             ("WARMPOOL_GAME_TTL_S", self.game_ttl),
             ("WARMPOOL_RESULT_TTL_S", self.result_ttl),
@@ -240,11 +236,7 @@ impl Config {
                 self.provider_sync_interval,
             ),
             ("WARMPOOL_CREATE_PAUSE_S", self.create_pause),
-        ] {
-            if value.is_zero() {
-                return Err(bad(name, "must be greater than 0"));
-            }
-        }
+        ])?;
         if self.game_ttl > self.max_game_ttl {
             return Err(bad(
                 "WARMPOOL_GAME_TTL_S",

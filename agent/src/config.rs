@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use warmpool_core::config::{millis, secs, ConfigError, SandboxBackend, Switch};
+use warmpool_core::config::{all_positive, millis, secs, ConfigError, SandboxBackend, Switch};
 
 use crate::lifecycle::{Disposal, OnExit};
 use crate::metadata;
@@ -166,16 +166,12 @@ impl Settings {
         if !warmpool_core::rules::valid_pool_name(&self.pool) {
             return Err(ConfigError::new("WARMPOOL_POOL", "1-32 of [a-z0-9-]"));
         }
-        for (name, value) in [
+        all_positive([
             ("WARMPOOL_VM_CAPACITY", u64::from(self.capacity)),
             ("WARMPOOL_AGENT_SLOTS", u64::from(self.slots)),
             ("WARMPOOL_SANDBOX_UID_BASE", u64::from(self.uid_base)),
             ("WARMPOOL_SANDBOX_WORK_MB", self.work_dir_mb),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(name, "must be greater than 0"));
-            }
-        }
+        ])?;
         if self.uid_base.checked_add(self.slots).is_none() {
             return Err(ConfigError::new(
                 "WARMPOOL_SANDBOX_UID_BASE",

@@ -30,18 +30,9 @@ fn main() -> ExitCode {
     }
     let cli = warmpool_agent::config::Cli::parse();
     warmpool_core::telemetry::init_tracing();
-    let runtime = match warmpool_core::telemetry::runtime(None) {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(warmpool_agent::worker::main(cli)) {
-        Ok(exit) => ExitCode::from(exit.status()),
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    warmpool_core::telemetry::block_on(None, async move {
+        warmpool_agent::worker::main(cli)
+            .await
+            .map(|exit| ExitCode::from(exit.status()))
+    })
 }

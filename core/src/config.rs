@@ -22,6 +22,16 @@ impl ConfigError {
     }
 }
 
+/// Refuses the first of `settings` (name, value) that is zero (a count, a duration).
+pub fn all_positive<T: PartialEq + Default>(
+    settings: impl IntoIterator<Item = (&'static str, T)>,
+) -> Result<(), ConfigError> {
+    match settings.into_iter().find(|(_, v)| *v == T::default()) {
+        Some((name, _)) => Err(ConfigError::new(name, "must be greater than 0")),
+        None => Ok(()),
+    }
+}
+
 /// A duration in seconds, fractions allowed (`1.5`), for `…_S` settings.
 pub fn secs(text: &str) -> Result<Duration, String> {
     let v: f64 = text

@@ -1,6 +1,9 @@
 //! How both binaries start: their log output and their tokio runtime.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::num::NonZeroUsize;
+use std::process::ExitCode;
 
 /// The default log filter of both binaries.
 pub const DEFAULT_LOG: &str = "warn,warmpool=info,warmpool_core=info,warmpool_agent=info";
@@ -25,4 +28,26 @@ pub fn runtime(worker_threads: Option<NonZeroUsize>) -> std::io::Result<tokio::r
         builder.worker_threads(n.get());
     }
     builder.enable_all().build()
+}
+
+/// Runs a binary's work on [`runtime`] and turns its end into the process's exit status: an
+/// error is printed as one line `error: …` (with its causes, for an `anyhow::Error`).
+pub fn block_on<E: Display>(
+    worker_threads: Option<NonZeroUsize>,
+    work: impl Future<Output = Result<ExitCode, E>>,
+) -> ExitCode {
+    let runtime = match runtime(worker_threads) {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

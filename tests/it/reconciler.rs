@@ -118,7 +118,7 @@ async fn a_vm_whose_state_the_leader_does_not_understand_is_left_alone() {
     let deleted = provider.deleted.lock().unwrap().clone();
     assert_eq!(
         deleted,
-        [silent.clone()],
+        std::slice::from_ref(&silent),
         "only the silent, readable VM goes"
     );
     let state: Option<String> = s.client().hget(&s.keys.vm_state, &strange).await.unwrap();

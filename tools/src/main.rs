@@ -36,24 +36,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     warmpool_core::telemetry::init_tracing();
-    let runtime = match warmpool_core::telemetry::runtime(None) {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    warmpool_core::telemetry::block_on(None, async move {
         match cli.command {
             Command::Bench(args) => bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+        .map(|()| ExitCode::SUCCESS)
+    })
 }
