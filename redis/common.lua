@@ -107,3 +107,14 @@ local function drop_entry(queue, group, entry_id)
   redis.call('XACK', queue, group, entry_id)
   redis.call('XDEL', queue, entry_id)
 end
+
+-- How long an execution's record stays readable once it ended (ms): its own, set by the replica
+-- that accepted it. A record without one is not one this build wrote: the script stops, before
+-- writing anything, with a CORRUPT error.
+local function retention_of(exec_key)
+  local ms = tonumber(redis.call('HGET', exec_key, 'retention'))
+  if not ms then
+    error({ err = 'CORRUPT the execution record ' .. exec_key .. ' has no retention' })
+  end
+  return ms
+end

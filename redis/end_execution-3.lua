@@ -11,17 +11,16 @@
   ARGV[2] state          'expired' | 'cancelled'
   ARGV[3] error_code
   ARGV[4] error_message
-  ARGV[5] retention_ms   how long the ended record stays readable
-  ARGV[6] channel        pub/sub channel that wakes waiting replicas
-  ARGV[7] only_if_due    '1': only once the queue deadline has passed (the expiry sweeper)
+  ARGV[5] channel        pub/sub channel that wakes waiting replicas
+  ARGV[6] only_if_due    '1': only once the queue deadline has passed (the expiry sweeper)
 
   Returns 1 when the execution was ended here, 0 otherwise.
 
-  Errors: none of its own.
+  Errors: an execution record without its retention fails it with CORRUPT, before it writes.
 ]]
 local exec_key, queued, game_queued = KEYS[1], KEYS[2], KEYS[3]
 local exec_id, state, code, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local retention_ms, channel, only_if_due = tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
+local channel, only_if_due = ARGV[5], ARGV[6] == '1'
 local now = now_ms()
 
 local current = redis.call('HGET', exec_key, 'state')
@@ -34,5 +33,6 @@ end
 if only_if_due and tonumber(redis.call('HGET', exec_key, 'deadline') or '0') > now then
   return 0
 end
-end_queued(exec_key, queued, game_queued, exec_id, state, code, message, retention_ms, channel, now)
+end_queued(exec_key, queued, game_queued, exec_id, state, code, message, retention_of(exec_key),
+  channel, now)
 return 1

@@ -15,18 +15,18 @@
   ARGV[5] state         'finished' | 'failed'
   ARGV[6] result JSON   '' for none
   ARGV[7] error JSON    '' for none
-  ARGV[8] retention_ms  how long the ended record stays readable
-  ARGV[9] channel       pub/sub channel that wakes waiting replicas
-  ARGV[10] group        the streams' consumer group
+  ARGV[8] channel       pub/sub channel that wakes waiting replicas
+  ARGV[9] group         the streams' consumer group
 
   Returns 1 when this call wrote the result, 0 when it was stale (nothing written).
 
-  Errors: none of its own.
+  Errors: an execution record without its retention fails it with CORRUPT (the entry was
+  acknowledged, the record is untouched).
 ]]
 local exec_key, vm_running, queue = KEYS[1], KEYS[2], KEYS[3]
 local exec_id, vm, attempt, entry_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state, result, err = ARGV[5], ARGV[6], ARGV[7]
-local retention_ms, channel, group = tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local channel, group = ARGV[8], ARGV[9]
 
 drop_entry(queue, group, entry_id)
 
@@ -34,6 +34,7 @@ local fields = redis.call('HMGET', exec_key, 'state', 'vm', 'attempts')
 if fields[1] ~= 'running' or fields[2] ~= vm or fields[3] ~= attempt then
   return 0
 end
+local retention_ms = retention_of(exec_key)
 redis.call('HSET', exec_key, 'state', state, 'finished', now_ms())
 if result ~= '' then
   redis.call('HSET', exec_key, 'result', result)

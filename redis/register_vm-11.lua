@@ -3,9 +3,9 @@
   Creates the VM's stream and consumer group, keeps the games already leased to it (an agent
   restarting on the same VM), and offers its free slots. A VM declared dead stays dead; a
   draining VM stays draining. The first registration records the boot time (created -> ready)
-  for the formula's boot_s. The reply hands the agent the pool's settings (placement,
-  retention), which the orchestrator replicas published: the agent has none of its own. Before
-  any replica published them, nothing is written and the agent tries again later.
+  for the formula's boot_s. The reply hands the agent the pool's settings (its placement),
+  which the orchestrator replicas published: the agent has none of its own. Before any replica
+  published them the reply holds none (no replica has run, so no game can be pending yet).
 
   KEYS[1] vm_state    HASH vm_id -> state
   KEYS[2] vm_cap      HASH vm_id -> capacity
@@ -17,7 +17,7 @@
   KEYS[8] queue       STREAM of this VM
   KEYS[9] vm_since    HASH vm_id -> when it entered its state (ms)
   KEYS[10] boots      LIST recent boot times (ms), newest first, at most 20
-  KEYS[11] settings   HASH the pool settings (placement, retention_ms)
+  KEYS[11] settings   HASH the pool settings (placement)
 
   ARGV[1] vm_id
   ARGV[2] capacity        games this VM takes
@@ -26,9 +26,9 @@
   ARGV[5] secret          the secret from the VM's metadata ('' for none)
   ARGV[6] group           the consumer group of the VM's stream
 
-  Returns {'ok', games, state, HGETALL settings} | {'dead'} | {'refused'} (the record holds a
-  secret this agent does not know: it is not the VM it claims to be) | {'unsettled'} (no
-  settings published yet)
+  Returns {'ok', games, state, HGETALL settings (empty before a replica published them)}
+        | {'dead'} | {'refused'} (the record holds a secret this agent does not know: it is not
+        the VM it claims to be)
 
   Errors: creating the consumer group fails for a reason other than BUSYGROUP (the key holds
   something that is not a stream): the error is returned, nothing else was written.
@@ -40,10 +40,6 @@ local vm, capacity, languages, agent = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV
 local secret, group = ARGV[5], ARGV[6]
 local now = now_ms()
 
-local pool_settings = redis.call('HGETALL', settings)
-if #pool_settings == 0 then
-  return { 'unsettled' }
-end
 local before = redis.call('HGET', vm_state, vm)
 if before == 'dead' then
   return { 'dead' }
@@ -85,4 +81,4 @@ if state == 'ready' and games < capacity then
 else
   redis.call('ZREM', free, vm)
 end
-return { 'ok', games, state, pool_settings }
+return { 'ok', games, state, redis.call('HGETALL', settings) }

@@ -22,20 +22,19 @@
   ARGV[4] expected_vm       '' when the caller expects the game pending
   ARGV[5] max_attempts
   ARGV[6] queue_timeout_ms  deadline of a re-queued attempt
-  ARGV[7] retention_ms
-  ARGV[8] channel
-  ARGV[9] group             the streams' consumer group
+  ARGV[7] channel
+  ARGV[8] group             the streams' consumer group
 
   Returns {'requeued', vm or ''} | {'failed'} | {'cancelled'} | {'skip', state} | {'moved', vm}
 
   Errors: a game record or backlog that is not JSON fails the script (cjson) before it
-  writes.
+  writes; so does an execution record without its retention (CORRUPT).
 ]]
 local exec_key, games, backlog, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local game_queued, dead_queue, queue = KEYS[5], KEYS[6], KEYS[7]
 local exec_id, entry_id, dead_vm, expected_vm = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, queue_timeout_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local retention_ms, channel, group = tonumber(ARGV[7]), ARGV[8], ARGV[9]
+local channel, group = ARGV[7], ARGV[8]
 local now = now_ms()
 
 local f = redis.call('HMGET', exec_key, 'state', 'vm', 'game', 'epoch', 'attempts')
@@ -45,6 +44,7 @@ if not was_running and state ~= 'queued' then
   drop_entry(dead_queue, group, entry_id)
   return { 'skip', state or 'gone' }
 end
+local retention_ms = retention_of(exec_key)
 if was_running and attempts >= max_attempts then
   redis.call('HSET', exec_key, 'state', 'failed', 'finished', now, 'error', cjson.encode({
     code = 'vm_lost',

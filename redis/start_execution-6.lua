@@ -13,16 +13,16 @@
 
   ARGV[1] execution_id
   ARGV[2] vm_id         the VM starting it
-  ARGV[3] retention_ms  how long an ended record stays readable
-  ARGV[4] channel       pub/sub channel that wakes waiting replicas
+  ARGV[3] channel       pub/sub channel that wakes waiting replicas
 
   Returns {'run', attempt, job JSON} | {'skip', state or 'gone'} | {'cancelled'} | {'dead'}
 
-  Errors: a game record that is not JSON fails the script (cjson) before it writes.
+  Errors: a game record that is not JSON fails the script (cjson) before it writes; an
+  execution record without its retention fails it with CORRUPT, before it writes.
 ]]
 local exec_key, queued, game_queued, games = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_running, vm_state = KEYS[5], KEYS[6]
-local exec_id, vm, retention_ms, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local exec_id, vm, channel = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 
 if redis.call('HGET', vm_state, vm) == 'dead' then
@@ -39,6 +39,7 @@ if state ~= 'queued' and not rerun then
 end
 
 if game_ended(games, game_id, epoch) then
+  local retention_ms = retention_of(exec_key)
   if rerun then
     redis.call('HINCRBY', vm_running, vm, -1)
   end

@@ -28,7 +28,8 @@
   ARGV[5] game_ttl_ms   lease length of a game created here
   ARGV[6] mode          'least-loaded' | 'packed'
   ARGV[7] expected_vm   '' when the caller expects the game pending or unknown
-  ARGV[8] idem_ttl_ms   how long an idempotency key is remembered
+  ARGV[8] retention_ms  how long the ended record and the idempotency key stay readable; kept in
+                        the record, so whoever ends it (an agent too) keeps it that long
   ARGV[9] has_idem      '1' when KEYS[2] is a real idempotency key
 
   Returns {'dup', execution_id}                 the idempotency key was seen: nothing written
@@ -43,7 +44,7 @@ local k = { exec = KEYS[1], idem = KEYS[2], games = KEYS[3], free = KEYS[4], vm_
             backlog = KEYS[10], queued = KEYS[11], game_queued = KEYS[12], queue = KEYS[13] }
 local game_id, exec_id, job = ARGV[1], ARGV[2], ARGV[3]
 local queue_timeout_ms, ttl_ms, mode = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local expected_vm, idem_ttl_ms, has_idem = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
+local expected_vm, retention_ms, has_idem = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
 local now = now_ms()
 
 if has_idem then
@@ -67,7 +68,8 @@ end
 touch_game(k, game_id, game, game.ttl or ttl_ms, now)
 
 redis.call('HSET', k.exec, 'game', game_id, 'epoch', game.epoch, 'state', 'queued',
-  'created', now, 'deadline', now + queue_timeout_ms, 'job', job, 'attempts', 0)
+  'created', now, 'deadline', now + queue_timeout_ms, 'job', job, 'attempts', 0,
+  'retention', retention_ms)
 redis.call('ZADD', k.queued, now + queue_timeout_ms, exec_id)
 redis.call('ZADD', k.game_queued, 0, game_id .. ':' .. exec_id)
 if game.vm ~= '' then
@@ -76,6 +78,6 @@ else
   append_backlog(k.backlog, game_id, exec_id)
 end
 if has_idem then
-  redis.call('SET', k.idem, exec_id, 'PX', idem_ttl_ms)
+  redis.call('SET', k.idem, exec_id, 'PX', retention_ms)
 end
 return { 'ok', exec_id, game.vm, tostring(now) }

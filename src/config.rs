@@ -346,7 +346,6 @@ impl Config {
             requeue: warmpool_core::store::executions::RequeueParams {
                 max_attempts: self.max_attempts,
                 queue_timeout: self.queue_timeout,
-                retention: self.result_ttl,
             },
             manage_size: self.provider != ProviderKind::None,
             create_concurrency: self.create_concurrency as usize,
@@ -397,7 +396,6 @@ impl Config {
     pub fn pool_settings(&self) -> PoolSettings {
         PoolSettings {
             placement: self.placement,
-            retention: self.result_ttl,
         }
     }
 
@@ -415,7 +413,6 @@ impl Config {
     pub fn leases(&self) -> crate::routing::Leases {
         crate::routing::Leases {
             placement: self.placement,
-            retention: self.result_ttl,
         }
     }
 

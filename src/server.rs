@@ -143,15 +143,7 @@ pub async fn sweep(state: &AppState) -> Result<(), StoreError> {
         ),
     };
     for id in executions::overdue(store, now, SWEEP_BATCH).await? {
-        executions::end_queued(
-            store,
-            &id,
-            ExecutionState::Expired,
-            &expired,
-            config.result_ttl,
-            true,
-        )
-        .await?;
+        executions::end_queued(store, &id, ExecutionState::Expired, &expired, true).await?;
     }
     config.leases().expire_games(store, now).await?;
     // Reconnected agents free slots: hand them to pending games.

@@ -2,9 +2,9 @@
 //! enums) and validated before anything starts, so a bad value stops the agent with one line
 //! naming it, as it stops the orchestrator.
 //!
-//! The settings every process of a pool must agree on (placement, result retention) are not
-//! here: the agent receives them from the pool when it registers
-//! (`warmpool_core::store::settings`).
+//! What every process of a pool must agree on is not here: the agent receives the pool's
+//! placement when it registers (`warmpool_core::store::settings`), and each execution record
+//! carries its own retention.
 
 use std::fmt;
 use std::str::FromStr;

@@ -132,12 +132,13 @@ pub async fn run(
     else {
         return Ok(stop.reason());
     };
-    tracing::info!(
-        placement = pool.placement.as_str(),
-        retention_s = pool.retention.as_secs(),
-        "following the pool's settings"
-    );
-    match games::place_pending(&store, pool.placement, Some(&vm_id)).await {
+    // The pool's placement, as the replicas published it. Before any replica did, no game can
+    // be pending: there is nothing to place.
+    let placed = match pool {
+        Some(pool) => games::place_pending(&store, pool.placement, Some(&vm_id)).await,
+        None => Ok(0),
+    };
+    match placed {
         Ok(0) => {}
         Ok(placed) => tracing::info!(vm_id, placed, "placed pending games"),
         // The orchestrator places them too: not a reason to stop.
@@ -157,7 +158,6 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(settings.slots as usize));
     let tasks = TaskTracker::new();
     let queue = store.keys.queue(&vm_id);
-    let retention = pool.retention;
     // "0": this consumer's unacknowledged entries first (left by a previous process).
     let mut cursor = "0".to_string();
     while !stop.is_cancelled() {
@@ -211,7 +211,7 @@ pub async fn run(
             tasks.spawn(async move {
                 let _permit = permit;
                 if let Err(err) =
-                    handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, retention, &stop)
+                    handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, &stop)
                         .await
                 {
                     tracing::warn!(execution_id, error = %err, "execution not completed; it stays pending for this VM");
@@ -242,8 +242,9 @@ struct Registered {
     reader: fred::clients::Client,
     /// The first successful round trip: the dead-man's switch counts from here.
     at: Instant,
-    /// The pool's settings, from the registration's reply.
-    pool: PoolSettings,
+    /// The pool's settings, from the registration's reply (`None` before a replica published
+    /// them).
+    pool: Option<PoolSettings>,
 }
 
 /// Connects and registers the VM Ready, retrying for up to `orphan_after`: a VM that never
@@ -312,13 +313,6 @@ async fn register(
                 stop.end(ExitReason::Retired);
                 return None;
             }
-            Ok(Ok((store, reader, Registration::Unsettled))) => {
-                quit(&store, &reader).await;
-                anyhow::anyhow!(
-                    "the pool's settings are not in Redis yet: no orchestrator replica has \
-                     started against it"
-                )
-            }
             Ok(Err(err)) => err,
             Err(_elapsed) => {
                 stop.end(ExitReason::Orphaned {
@@ -367,11 +361,9 @@ async fn handle(
     vm_id: &str,
     execution_id: &str,
     entry_id: &str,
-    retention: Duration,
     stop: &Stop,
 ) -> anyhow::Result<()> {
-    let (attempt, job_json) = match executions::start(store, vm_id, execution_id, retention).await?
-    {
+    let (attempt, job_json) = match executions::start(store, vm_id, execution_id).await? {
         Start::Run { attempt, job_json } => (attempt, job_json),
         Start::Skip => {
             executions::ack(store, vm_id, entry_id).await?;
@@ -398,17 +390,7 @@ async fn handle(
     // The result must not be lost to a passing Redis error: retry for a while.
     let mut delay = Duration::from_millis(100);
     for _ in 0..20 {
-        match executions::finish(
-            store,
-            vm_id,
-            execution_id,
-            attempt,
-            entry_id,
-            &outcome,
-            retention,
-        )
-        .await
-        {
+        match executions::finish(store, vm_id, execution_id, attempt, entry_id, &outcome).await {
             Ok(written) => {
                 if !written {
                     tracing::info!(execution_id, attempt, "stale result discarded");

@@ -9,8 +9,8 @@
 //! its own attributes).
 
 pub const ALLOWED_PREFIXES: [&str; 2] = ["WARMPOOL_AGENT_", "WARMPOOL_SANDBOX_"];
-/// The pool settings both sides follow (placement, result retention) are not here: the agent
-/// receives them when it registers (see `store::settings`).
+/// The pool settings both sides follow are not here: the agent receives the placement when it
+/// registers (see `store::settings`), and each execution record carries its retention.
 pub const ALLOWED_KEYS: [&str; 3] = ["WARMPOOL_HEARTBEAT_INTERVAL_MS", "RUST_LOG", "WARMPOOL_LOG"];
 /// Match an allowed prefix, but the agent's bootstrap sets or reads them itself.
 pub const BOOTSTRAP_KEYS: [&str; 3] = [

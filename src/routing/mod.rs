@@ -15,8 +15,6 @@
 //! - A game that ends leaves no queued execution behind: each ends `cancelled` (and should this
 //!   replica die first, `start_execution` cancels it when an agent reaches it).
 
-use std::time::Duration;
-
 use warmpool_core::model::{ErrorDetail, ExecutionState};
 use warmpool_core::store::executions;
 use warmpool_core::store::games::{self, Deleted, Placement};
@@ -29,8 +27,6 @@ const EXPIRY_BATCH: i64 = 256;
 #[derive(Debug, Clone, Copy)]
 pub struct Leases {
     pub placement: Placement,
-    /// How long the records of the executions a game's end cancels stay readable.
-    pub retention: Duration,
 }
 
 /// Why a game ended, as its cancelled executions say.
@@ -70,15 +66,7 @@ impl Leases {
         if let Deleted::Deleted { vm_id, queued } = &deleted {
             let error = ending.error();
             for id in queued {
-                executions::end_queued(
-                    store,
-                    id,
-                    ExecutionState::Cancelled,
-                    &error,
-                    self.retention,
-                    false,
-                )
-                .await?;
+                executions::end_queued(store, id, ExecutionState::Cancelled, &error, false).await?;
             }
             if vm_id.is_some() {
                 games::place_pending(store, self.placement, None).await?;

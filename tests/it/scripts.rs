@@ -250,39 +250,36 @@ async fn a_result_is_written_once_and_a_stale_attempt_is_rejected() {
     submit(&s, "g", "e1", None).await;
     let (entry, _) = stream_entries(&s, "vm-a").await.remove(0);
 
-    let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "e1", MINUTE).await.unwrap()
-    else {
+    let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "e1").await.unwrap() else {
         panic!("a queued execution starts");
     };
     assert_eq!(attempt, 1);
     // Re-delivery to the same VM (an agent restart) is a new attempt; the old one is stale.
     let Start::Run {
         attempt: second, ..
-    } = executions::start(&s, "vm-a", "e1", MINUTE).await.unwrap()
+    } = executions::start(&s, "vm-a", "e1").await.unwrap()
     else {
         panic!("re-delivery on the same VM runs again");
     };
     assert_eq!(second, 2);
     // Another VM cannot take a running execution.
     assert_eq!(
-        executions::start(&s, "vm-b", "e1", MINUTE).await.unwrap(),
+        executions::start(&s, "vm-b", "e1").await.unwrap(),
         Start::Skip
     );
 
     let result = Finish::Finished(ok_result());
     assert!(
-        !executions::finish(&s, "vm-a", "e1", 1, &entry, &result, MINUTE)
+        !executions::finish(&s, "vm-a", "e1", 1, &entry, &result)
             .await
             .unwrap(),
         "stale attempt"
     );
+    assert!(executions::finish(&s, "vm-a", "e1", 2, &entry, &result)
+        .await
+        .unwrap());
     assert!(
-        executions::finish(&s, "vm-a", "e1", 2, &entry, &result, MINUTE)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !executions::finish(&s, "vm-a", "e1", 2, &entry, &result, MINUTE)
+        !executions::finish(&s, "vm-a", "e1", 2, &entry, &result)
             .await
             .unwrap(),
         "no second result"
@@ -334,7 +331,7 @@ async fn deleting_a_game_frees_its_slot_and_returns_its_queue() {
 
     // An execution of the deleted game still on the stream is cancelled when the agent reaches it.
     assert_eq!(
-        executions::start(&s, "vm-a", "e1", MINUTE).await.unwrap(),
+        executions::start(&s, "vm-a", "e1").await.unwrap(),
         Start::Skip
     );
     let e1 = executions::get(&s, "e1").await.unwrap().unwrap();
@@ -352,18 +349,18 @@ async fn only_queued_executions_end_expired_and_only_when_due() {
         message: "m".into(),
     };
     assert!(
-        !executions::end_queued(&s, "e1", ExecutionState::Expired, &err, MINUTE, true)
+        !executions::end_queued(&s, "e1", ExecutionState::Expired, &err, true)
             .await
             .unwrap(),
         "not due yet"
     );
     assert!(
-        executions::end_queued(&s, "e1", ExecutionState::Expired, &err, MINUTE, false)
+        executions::end_queued(&s, "e1", ExecutionState::Expired, &err, false)
             .await
             .unwrap()
     );
     assert!(
-        !executions::end_queued(&s, "e1", ExecutionState::Cancelled, &err, MINUTE, false)
+        !executions::end_queued(&s, "e1", ExecutionState::Cancelled, &err, false)
             .await
             .unwrap(),
         "final stays final"
@@ -377,7 +374,7 @@ async fn only_queued_executions_end_expired_and_only_when_due() {
         .await
         .unwrap();
     assert_eq!(
-        executions::start(&s, "vm-a", "e1", MINUTE).await.unwrap(),
+        executions::start(&s, "vm-a", "e1").await.unwrap(),
         Start::Skip
     );
 }
@@ -399,7 +396,7 @@ async fn a_dead_vm_cannot_register_or_start_work() {
         Registration::Dead
     );
     assert_eq!(
-        executions::start(&s, "vm-a", "e1", MINUTE).await.unwrap(),
+        executions::start(&s, "vm-a", "e1").await.unwrap(),
         Start::VmDead
     );
     assert_eq!(
@@ -548,9 +545,7 @@ mod control {
         submit(&s, "g", "running-1", None).await;
         submit(&s, "g", "queued-1", None).await;
         let entries = stream_entries(&s, "vm-a").await;
-        let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "running-1", MINUTE)
-            .await
-            .unwrap()
+        let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "running-1").await.unwrap()
         else {
             panic!("starts");
         };
@@ -576,17 +571,11 @@ mod control {
         );
         // The dead VM's late result is rejected.
         let late = Finish::Finished(ok_result());
-        assert!(!executions::finish(
-            &s,
-            "vm-a",
-            "running-1",
-            attempt,
-            &entries[0].0,
-            &late,
-            MINUTE
-        )
-        .await
-        .unwrap());
+        assert!(
+            !executions::finish(&s, "vm-a", "running-1", attempt, &entries[0].0, &late)
+                .await
+                .unwrap()
+        );
         // A new VM takes the game and both executions, in order.
         ready_vm(&s, "vm-b", 4).await;
         games::place_pending(&s, Placement::LeastLoaded, Some("vm-b"))
@@ -601,9 +590,7 @@ mod control {
         // It dies mid-run too: that is the second delivery, the limit: failed, vm_lost.
         let Start::Run {
             attempt: second, ..
-        } = executions::start(&s, "vm-b", "running-1", MINUTE)
-            .await
-            .unwrap()
+        } = executions::start(&s, "vm-b", "running-1").await.unwrap()
         else {
             panic!("starts again");
         };
@@ -685,4 +672,56 @@ async fn only_the_agent_with_the_vms_secret_registers_it() {
             .unwrap(),
         Registration::Ok { games: 0, .. }
     ));
+}
+
+#[tokio::test]
+async fn a_record_keeps_the_retention_it_was_accepted_with_and_one_without_is_refused() {
+    use fred::prelude::*;
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "t").await;
+    ready_vm(&s, "vm-a", 2).await;
+    // Accepted by a replica whose results stay readable 90 s (not this test's minute).
+    let mut short = params(Placement::LeastLoaded);
+    short.retention = Duration::from_secs(90);
+    executions::submit(&s, short, "g", "e1", "{}", None)
+        .await
+        .unwrap();
+    let entries = stream_entries(&s, "vm-a").await;
+    let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "e1").await.unwrap() else {
+        panic!("starts");
+    };
+    // The agent that ends it knows nothing of retention: the record's own applies.
+    let done = Finish::Finished(ok_result());
+    assert!(
+        executions::finish(&s, "vm-a", "e1", attempt, &entries[0].0, &done)
+            .await
+            .unwrap()
+    );
+    let ttl_ms: i64 = s.client().pttl(s.keys.exec("e1")).await.unwrap();
+    assert!((85_000..=90_000).contains(&ttl_ms), "PTTL {ttl_ms}");
+
+    // A record without its retention is not one this build wrote: refused, left as it is.
+    submit(&s, "g", "e2", None).await;
+    let _: i64 = s
+        .client()
+        .hdel(s.keys.exec("e2"), "retention")
+        .await
+        .unwrap();
+    let before = warmpool_core::store::corrupt_reads();
+    let err = executions::end_queued(
+        &s,
+        "e2",
+        ExecutionState::Cancelled,
+        &ErrorDetail {
+            code: "game_deleted".into(),
+            message: "gone".into(),
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), "corrupt", "{err}");
+    assert!(warmpool_core::store::corrupt_reads() > before, "counted");
+    let record = executions::get(&s, "e2").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Queued, "nothing was written");
 }

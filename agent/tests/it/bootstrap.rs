@@ -277,13 +277,6 @@ async fn redis_client(url: &str) -> Client {
     client
 }
 
-/// Publishes the pool settings of a default replica for `pool`, as one would when it starts.
-async fn settle_pool(url: &str, pool: &str) {
-    let store = warmpool_testkit::redis::store(url, pool).await;
-    warmpool_testkit::redis::publish_default_settings(&store).await;
-    store.quit().await;
-}
-
 async fn vm_state(redis: &Client, pool: &str, vm_id: &str) -> Option<String> {
     redis
         .hget::<Option<String>, _, _>(Keys::new(pool).vm_state, vm_id)
@@ -335,8 +328,6 @@ fn error_lines(log: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn boots_from_instance_metadata_alone() {
     let redis = RedisServer::start().expect("redis-server");
-    // The settings a replica publishes when it starts; the agent registers by them.
-    settle_pool(&redis.url(), "pool-boot").await;
     let url = redis.url();
     let mut attrs = attributes("vm-boot", "pool-boot", &url);
     let agent_env = format!(
@@ -407,8 +398,6 @@ async fn boots_from_instance_metadata_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_outside_the_allow_list_stops_the_agent_at_boot() {
     let redis = RedisServer::start().expect("redis-server");
-    // The settings a replica publishes when it starts; the agent registers by them.
-    settle_pool(&redis.url(), "pool-bad-env").await;
     let url = redis.url();
     let mut attrs = attributes("vm-bad-env", "pool-bad-env", &url);
     attrs.push((
@@ -453,8 +442,6 @@ async fn a_missing_redis_url_stops_the_agent_at_boot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orphan_deletes_its_own_instance() {
     let mut redis = RedisServer::start().expect("redis-server");
-    // The settings a replica publishes when it starts; the agent registers by them.
-    settle_pool(&redis.url(), "pool-orphan").await;
     let url = redis.url();
     let gce = FakeGce::start(
         "wp-vm-orphan",
@@ -516,8 +503,6 @@ async fn an_agent_that_never_reaches_redis_is_an_orphan_too() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_the_pool_declared_dead_deletes_its_own_instance() {
     let redis = RedisServer::start().expect("redis-server");
-    // The settings a replica publishes when it starts; the agent registers by them.
-    settle_pool(&redis.url(), "pool-dead").await;
     let url = redis.url();
     let gce = FakeGce::start("wp-vm-dead", &attributes("vm-dead", "pool-dead", &url)).await;
     let mut env = boot_env(&gce, uids::DEAD);
@@ -554,8 +539,6 @@ fn poweroff_script(dir: &std::path::Path) -> (String, std::path::PathBuf) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_delete_powers_off_instead() {
     let redis = RedisServer::start().expect("redis-server");
-    // The settings a replica publishes when it starts; the agent registers by them.
-    settle_pool(&redis.url(), "pool-forbidden").await;
     let url = redis.url();
     let gce = FakeGce::start(
         "wp-vm-forbidden",
@@ -590,8 +573,6 @@ async fn a_failed_delete_powers_off_instead() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_agent_and_leaves_the_vm() {
     let redis = RedisServer::start().expect("redis-server");
-    // The settings a replica publishes when it starts; the agent registers by them.
-    settle_pool(&redis.url(), "pool-term").await;
     let url = redis.url();
     let gce = FakeGce::start("wp-vm-term", &attributes("vm-term", "pool-term", &url)).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -30,6 +30,8 @@ pub struct SubmitParams {
     pub queue_timeout: Duration,
     pub game_ttl: Duration,
     pub placement: Placement,
+    /// How long the ended record (and the idempotency key) stays readable: kept in the
+    /// record, so whoever ends the execution keeps it that long.
     pub retention: Duration,
 }
 
@@ -186,7 +188,6 @@ pub async fn end_queued(
     execution_id: &str,
     state: ExecutionState,
     error: &ErrorDetail,
-    retention: Duration,
     only_if_due: bool,
 ) -> StoreResult<bool> {
     let k = &store.keys;
@@ -203,7 +204,6 @@ pub async fn end_queued(
                 arg(state.as_str()),
                 arg(error.code.as_str()),
                 arg(error.message.as_str()),
-                arg(ms(retention)),
                 arg(k.events.as_str()),
                 arg(if only_if_due { "1" } else { "0" }),
             ],
@@ -239,12 +239,7 @@ pub enum Start {
 }
 
 /// An agent marks an execution running on its VM.
-pub async fn start(
-    store: &Store,
-    vm_id: &str,
-    execution_id: &str,
-    retention: Duration,
-) -> StoreResult<Start> {
+pub async fn start(store: &Store, vm_id: &str, execution_id: &str) -> StoreResult<Start> {
     let k = &store.keys;
     let reply = store
         .call(
@@ -257,12 +252,7 @@ pub async fn start(
                 k.vm_running.clone(),
                 k.vm_state.clone(),
             ],
-            vec![
-                arg(execution_id),
-                arg(vm_id),
-                arg(ms(retention)),
-                arg(k.events.as_str()),
-            ],
+            vec![arg(execution_id), arg(vm_id), arg(k.events.as_str())],
         )
         .await?;
     Ok(match reply.status(&["run", "skip", "cancelled", "dead"])? {
@@ -291,7 +281,6 @@ pub async fn finish(
     attempt: i64,
     entry_id: &str,
     outcome: &Finish,
-    retention: Duration,
 ) -> StoreResult<bool> {
     let k = &store.keys;
     let encode = |v: Result<String, serde_json::Error>| {
@@ -324,7 +313,6 @@ pub async fn finish(
                 arg(state),
                 arg(result),
                 arg(error),
-                arg(ms(retention)),
                 arg(k.events.as_str()),
                 arg(GROUP),
             ],
@@ -351,7 +339,6 @@ pub async fn ack(store: &Store, vm_id: &str, entry_id: &str) -> StoreResult<()> 
 pub struct RequeueParams {
     pub max_attempts: u32,
     pub queue_timeout: Duration,
-    pub retention: Duration,
 }
 
 /// Moves every execution left on a dead VM's stream back to its game (or fails it, `vm_lost`,
@@ -395,7 +382,6 @@ pub async fn requeue_stream(store: &Store, vm_id: &str, p: RequeueParams) -> Sto
                         arg(expected.as_str()),
                         arg(i64::from(p.max_attempts)),
                         arg(ms(p.queue_timeout)),
-                        arg(ms(p.retention)),
                         arg(k.events.as_str()),
                         arg(GROUP),
                     ],

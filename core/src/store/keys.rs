@@ -17,7 +17,7 @@
 //! | `{wp:P}:fence`              | STRING | fencing counter: the current leader's token |
 //! | `{wp:P}:ctl`                | HASH   | the reconciler's state: desired, reason, inputs, clocks |
 //! | `{wp:P}:reservations`       | HASH   | reservation_id → JSON reservation |
-//! | `{wp:P}:settings`           | HASH   | the pool settings every process follows: `placement`, `retention_ms` |
+//! | `{wp:P}:settings`           | HASH   | the pool settings every process follows: `placement` |
 //! | `{wp:P}:free`               | ZSET   | Ready VMs with a free slot → games leased (placement reads it) |
 //! | `{wp:P}:games`              | HASH   | game_id → JSON `{vm, epoch, created, expires, ttl}` (`vm` empty: pending) |
 //! | `{wp:P}:pending`            | ZSET   | pending game_id → arrival sequence (FIFO) |
@@ -26,7 +26,7 @@
 //! | `{wp:P}:backlog`            | HASH   | pending game_id → JSON array of its queued execution ids |
 //! | `{wp:P}:queued`             | ZSET   | queued execution_id → queue deadline (ms) |
 //! | `{wp:P}:game:queued`        | ZSET   | `game_id:execution_id`, score 0 (a game's queue, by lex range) |
-//! | `{wp:P}:exec:E`             | HASH   | execution record; expires `WARMPOOL_RESULT_TTL_S` after it ends |
+//! | `{wp:P}:exec:E`             | HASH   | execution record (game, epoch, state, vm, times, attempts, job, result, error, `retention`: its own `WARMPOOL_RESULT_TTL_S` in ms); expires that long after it ends |
 //! | `{wp:P}:idem:G:K`           | STRING | idempotency key K of game G → execution_id |
 //! | `{wp:P}:q:VM`               | STREAM | VM's work queue, consumer group `agents`, entries `e=execution_id` |
 //! | `{wp:P}:events`             | PUBSUB | execution_id of every execution that reached a final state |

@@ -106,6 +106,10 @@ impl From<fred::error::Error> for StoreError {
             "MOVED",
         ];
         let details = err.details();
+        // A script that met a record it cannot read says so (`retention_of` in common.lua).
+        if let Some(problem) = details.strip_prefix("CORRUPT ") {
+            return StoreError::corrupt("a record a script read", problem);
+        }
         let server_reply = details
             .split_whitespace()
             .next()

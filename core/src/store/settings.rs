@@ -3,13 +3,16 @@
 //! never configure them, they receive them in the reply to their registration
 //! (`redis/register_vm-11.lua`), so an agent cannot drift from its orchestrators.
 //!
+//! Only what an agent must follow is here: the placement it places pending games by when its
+//! VM becomes Ready. (How long an ended execution stays readable is the execution's own:
+//! the replica that accepts it writes its retention into the record.)
+//!
 //! # Caveats
 //! - Replicas started with different values overwrite each other: the last one started wins
 //!   for the agents that register after it, and [`publish`] returns what it replaced, so the
 //!   replica logs the disagreement.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use fred::prelude::*;
 
@@ -22,13 +25,9 @@ pub struct PoolSettings {
     /// Where new and pending games go (`WARMPOOL_PLACEMENT`): the agent places pending games
     /// on its VM when it registers, by the same rule as the replicas.
     pub placement: Placement,
-    /// How long an ended execution record stays readable (`WARMPOOL_RESULT_TTL_S`): the agent
-    /// ends executions too.
-    pub retention: Duration,
 }
 
 const PLACEMENT: &str = "placement";
-const RETENTION_MS: &str = "retention_ms";
 
 /// Writes this replica's settings; returns the ones it replaced when they differed.
 pub async fn publish(store: &Store, settings: &PoolSettings) -> StoreResult<Option<PoolSettings>> {
@@ -36,16 +35,7 @@ pub async fn publish(store: &Store, settings: &PoolSettings) -> StoreResult<Opti
     let before: HashMap<String, String> = store.client().hgetall(key).await?;
     let _: () = store
         .client()
-        .hset(
-            key,
-            [
-                (PLACEMENT, settings.placement.as_str().to_string()),
-                (
-                    RETENTION_MS,
-                    (settings.retention.as_millis() as u64).to_string(),
-                ),
-            ],
-        )
+        .hset(key, [(PLACEMENT, settings.placement.as_str().to_string())])
         .await?;
     if before.is_empty() {
         return Ok(None);
@@ -58,22 +48,12 @@ pub async fn publish(store: &Store, settings: &PoolSettings) -> StoreResult<Opti
 
 /// The settings as a hash holds them (`HGETALL {wp:P}:settings`).
 pub fn from_fields(fields: &HashMap<String, String>) -> StoreResult<PoolSettings> {
-    let field = |name: &str| {
-        fields
-            .get(name)
-            .ok_or_else(|| StoreError::corrupt("pool settings", format!("no {name}")))
-    };
-    let placement = field(PLACEMENT)?;
-    let retention = field(RETENTION_MS)?;
+    let placement = fields
+        .get(PLACEMENT)
+        .ok_or_else(|| StoreError::corrupt("pool settings", format!("no {PLACEMENT}")))?;
     Ok(PoolSettings {
         placement: placement.parse().map_err(|e: String| {
             StoreError::corrupt("pool settings", format!("{PLACEMENT}: {e}"))
         })?,
-        retention: Duration::from_millis(retention.parse().map_err(|_| {
-            StoreError::corrupt(
-                "pool settings",
-                format!("{RETENTION_MS} {retention:?} is not a number"),
-            )
-        })?),
     })
 }

@@ -112,15 +112,16 @@ pub async fn transition_with_secret(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registration {
     /// The VM is Ready (or stays draining) with `games` already leased to it; `settings` are
-    /// the pool's, as the replicas published them: the agent works by these, not its own.
-    Ok { games: u64, settings: PoolSettings },
+    /// the pool's, as the replicas published them (`None` before any replica did: then no game
+    /// can be pending yet): the agent works by these, not its own.
+    Ok {
+        games: u64,
+        settings: Option<PoolSettings>,
+    },
     /// The pool declared this VM dead: its agent must stop.
     Dead,
     /// The VM's record holds a secret this agent did not present: it is not that VM.
     Refused,
-    /// No replica has published the pool's settings yet (no orchestrator has ever run against
-    /// this Redis): nothing was written, try again later.
-    Unsettled,
 }
 
 /// An agent declares its VM Ready (or keeps it draining), presenting the VM's secret (`""`
@@ -164,23 +165,26 @@ pub async fn register(
             ],
         )
         .await?;
-    Ok(
-        match reply.status(&["ok", "dead", "refused", "unsettled"])? {
-            "ok" => Registration::Ok {
+    Ok(match reply.status(&["ok", "dead", "refused"])? {
+        "ok" => {
+            let fields = reply.map(3)?;
+            Registration::Ok {
                 games: reply.count(1)?,
-                settings: settings::from_fields(&reply.map(3)?)?,
-            },
-            "refused" => {
-                tracing::warn!(
-                    vm_id,
-                    "registration refused: the VM's secret does not match"
-                );
-                Registration::Refused
+                settings: match fields.is_empty() {
+                    true => None,
+                    false => Some(settings::from_fields(&fields)?),
+                },
             }
-            "unsettled" => Registration::Unsettled,
-            _ => Registration::Dead,
-        },
-    )
+        }
+        "refused" => {
+            tracing::warn!(
+                vm_id,
+                "registration refused: the VM's secret does not match"
+            );
+            Registration::Refused
+        }
+        _ => Registration::Dead,
+    })
 }
 
 /// The state the pool holds for a VM, as a heartbeat reads it.
