@@ -37,6 +37,12 @@ enum Command {
     /// Replay a trace of games against the sizing formula and planner on a virtual clock, or
     /// generate a day's trace (`--generate`).
     Sim(crate::sim::SimArgs),
+    /// Now `warmpool-tools bench`: runs it, from beside this binary.
+    #[command(hide = true, disable_help_flag = true)]
+    Bench(Forwarded),
+    /// Now `warmpool-tools demo`: runs it, from beside this binary.
+    #[command(hide = true, disable_help_flag = true)]
+    Demo(Forwarded),
 }
 
 #[derive(clap::Args)]
@@ -66,21 +72,53 @@ pub struct ExecArgs {
     token: String,
 }
 
+/// The arguments of a command that moved to `warmpool-tools`, passed on as they are.
+#[derive(clap::Args)]
+struct Forwarded {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    warmpool_core::telemetry::init_tracing();
     let worker_threads = match &cli.command {
         Command::Serve(config) | Command::Dev(config) => config.worker_threads,
-        Command::Exec(_) | Command::Sim(_) => None,
+        Command::Exec(_) | Command::Sim(_) | Command::Bench(_) | Command::Demo(_) => None,
     };
+    warmpool_core::telemetry::init_tracing();
     warmpool_core::telemetry::block_on(worker_threads, async move {
         match cli.command {
             Command::Serve(config) => serve(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Dev(config) => dev(*config).await.map(|()| ExitCode::SUCCESS),
             Command::Exec(args) => exec(args).await,
             Command::Sim(args) => crate::sim::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(f) => Ok(forward_to_tools("bench", &f.args)),
+            Command::Demo(f) => Ok(forward_to_tools("demo", &f.args)),
         }
     })
+}
+
+/// `warmpool bench|demo` from before the tools left this binary: becomes `warmpool-tools`
+/// beside it (a source build has it; a deployment does not, and is told so).
+fn forward_to_tools(command: &str, args: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let tools = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("warmpool-tools")))
+        .filter(|path| path.exists());
+    let Some(tools) = tools else {
+        eprintln!(
+            "error: `warmpool {command}` is `warmpool-tools {command}`, a binary of its own that \
+             a deployment does not install: build it with `cargo build --release --workspace --bins`"
+        );
+        return ExitCode::FAILURE;
+    };
+    let err = std::process::Command::new(&tools)
+        .arg(command)
+        .args(args)
+        .exec();
+    eprintln!("error: running {}: {err}", tools.display());
+    ExitCode::FAILURE
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.

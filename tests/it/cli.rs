@@ -206,3 +206,19 @@ fn line_value(line: &str, name: &str) -> Option<String> {
     let at = clean.find(&format!("{name}="))? + name.len() + 1;
     Some(clean[at..].split_whitespace().next()?.to_string())
 }
+
+#[test]
+fn the_tools_commands_of_old_still_answer_through_warmpool_tools() {
+    for command in ["bench", "demo"] {
+        let out = Command::new(warmpool_bin())
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: warmpool-tools {command}")),
+            "`warmpool {command}` runs `warmpool-tools {command}`: {help}"
+        );
+    }
+}
