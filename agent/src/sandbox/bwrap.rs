@@ -152,7 +152,7 @@ impl Bwrap {
                 }
             })
             .collect();
-        let seccomp = match (seccomp, seccomp::native_program()) {
+        let seccomp = match (seccomp, seccomp::bpf::native_program()) {
             (false, _) => None,
             (true, Some(program)) => Some(program.to_bytes()),
             (true, None) => {
@@ -383,7 +383,7 @@ mod tests {
                 },
                 RootEntry::Bind("/lib64"),
             ],
-            seccomp: seccomp::native_program().map(|p| p.to_bytes()),
+            seccomp: seccomp::bpf::native_program().map(|p| p.to_bytes()),
         }
     }
 

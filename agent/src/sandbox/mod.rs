@@ -57,7 +57,7 @@
 //! - `output`: reading one stream through a capped buffer.
 //! - `outcome`: the pure mapping from what happened to an [`Outcome`].
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
-//! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
+//! - `seccomp`: the system-call policy; `seccomp::bpf` and `seccomp::kafel` render it for bwrap and nsjail.
 //! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
 //! - `leftovers`: what a dead agent left running as the slot uids, killed at start-up.
 //! - `slots`: the concurrency slots, a `deadpool` managed pool (one uid each, and its spare).

@@ -47,17 +47,17 @@
 //! can never block on a full pipe.
 //!
 //! # Seccomp
-//! The policy is bwrap's (`seccomp::DENIED`), rendered in Kafel ([`kafel_policy`]) for
+//! The policy is bwrap's (`seccomp::DENIED`), rendered in Kafel (`seccomp::kafel`) for
 //! nsjail's `seccomp_string`, plus a `personality` rule. nsjail applies it last, to the loader
 //! and so to the program. Kafel checks the architecture but knows nothing of x86_64's x32
 //! numbers (bit 30 set, on kernels built with `CONFIG_X86_X32_ABI`), through which every rule
-//! could be bypassed; so the pre-exec hook also loads `seccomp::compile(arch, &[])`, the
+//! could be bypassed; so the pre-exec hook also loads `seccomp::bpf::arch_lock`, the
 //! policy's architecture lock alone (foreign ABIs and x32 kill, all else allowed), which
 //! nsjail and everything under it inherit. `SandboxConfig::seccomp` off drops both.
 //!
 //! # What nsjail adds over bwrap
 //! - `/` itself is read-only, and every mount is `nosuid`, and `nodev` where it can be.
-//! - `personality` with odd personas fails (see [`PERSONALITY_RULE`]).
+//! - `personality` with odd personas fails (see `seccomp::kafel`).
 //! - `time_limit`: nsjail kills the jail after whole seconds (the wall limit rounded up, plus
 //!   one), a backstop should the agent's own millisecond deadline ever fail to fire.
 //!
@@ -174,70 +174,6 @@ wait $!
 exit $?
 "#;
 
-/// `personality` with any persona but the usual ones fails with EPERM: Linux (0), 32-bit
-/// (`PER_LINUX32`, 0x8), with `UNAME26` (0x20000, 0x20008), and the query 0xffffffff, compared
-/// on the low 32 bits, which is what the kernel reads. An odd persona (`READ_IMPLIES_EXEC`,
-/// `MMAP_PAGE_ZERO`, `ADDR_NO_RANDOMIZE`) weakens the program's own memory protections, a
-/// classic step of kernel exploits. nsjail only: `seccomp::When` has no "argument not in"
-/// condition yet, so bwrap's filter lacks this rule.
-const PERSONALITY_RULE: &str = "(persona) { persona != 0 && persona != 0x8 && persona != 0x20000 \
-     && persona != 0x20008 && (persona & 0xffffffff) != 0xffffffff }";
-
-/// The seccomp policy of `seccomp` ([`seccomp::DENIED`], bwrap's too), rendered in Kafel for
-/// nsjail, plus [`PERSONALITY_RULE`]. Syscalls go by number (`SYSCALL[n] /* name */`, numbers
-/// from `seccomp::Arch`): Kafel's own names differ in places (`umount2` is its `umount`) and
-/// lack some (`_sysctl`), and an unknown name would fail every start. Kafel adds its own
-/// architecture check (a foreign ABI is killed); x86_64's x32 numbers are the pre-exec hook's
-/// (see the module docs).
-fn kafel_policy(arch: seccomp::Arch) -> String {
-    let mut kill = Vec::new();
-    let mut errno: Vec<(i32, Vec<String>)> = Vec::new();
-    for rule in seccomp::DENIED {
-        let Some(nr) = arch.number(rule.syscall) else {
-            continue;
-        };
-        let matcher = match rule.when {
-            seccomp::When::Always => format!("SYSCALL[{nr}] /* {} */", rule.syscall),
-            seccomp::When::FirstArgHasAnyOf(mask) => format!(
-                "SYSCALL[{nr}](arg0) {{ (arg0 & {mask:#x}) != 0 }} /* {} */",
-                rule.syscall
-            ),
-        };
-        match rule.action {
-            seccomp::Action::KillProcess => kill.push(matcher),
-            seccomp::Action::Errno(e) => match errno.iter_mut().find(|(n, _)| *n == e) {
-                Some((_, list)) => list.push(matcher),
-                None => errno.push((e, vec![matcher])),
-            },
-        }
-    }
-    let personality = match arch {
-        seccomp::Arch::X86_64 => 135,
-        seccomp::Arch::Aarch64 => 92,
-    };
-    let eperm = format!("SYSCALL[{personality}]{PERSONALITY_RULE} /* personality */");
-    match errno.iter_mut().find(|(n, _)| *n == libc::EPERM) {
-        Some((_, list)) => list.push(eperm),
-        None => errno.push((libc::EPERM, vec![eperm])),
-    }
-    let mut policy = String::new();
-    let mut block = |action: &str, matchers: &[String]| {
-        if matchers.is_empty() {
-            return;
-        }
-        policy.push_str(action);
-        policy.push_str(" {\n  ");
-        policy.push_str(&matchers.join(",\n  "));
-        policy.push_str("\n}\n");
-    };
-    block("KILL_PROCESS", &kill);
-    for (e, matchers) in &errno {
-        block(&format!("ERRNO({e})"), matchers);
-    }
-    policy.push_str("DEFAULT ALLOW\n");
-    policy
-}
-
 /// nsjail and what it needs to know about this host, found once at start-up.
 #[derive(Debug, Clone)]
 pub(super) struct Nsjail {
@@ -251,36 +187,22 @@ pub(super) struct Nsjail {
     seccomp: Option<Seccomp>,
 }
 
-/// The two filters of one architecture (see the module docs).
+/// The two filters of one architecture (see the module docs), both rendered by `seccomp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seccomp {
     /// Kafel, for nsjail's `seccomp_string`.
     policy: String,
-    /// `seccomp::compile(arch, &[])` as the kernel reads it (`struct sock_filter`s, native
-    /// byte order), for the pre-exec hook.
-    arch_lock: Vec<u8>,
+    /// The policy's architecture lock, for the pre-exec hook.
+    arch_lock: seccomp::bpf::Program,
 }
 
 impl Seccomp {
     fn native() -> Option<Self> {
         let arch = seccomp::Arch::native()?;
         Some(Self {
-            policy: kafel_policy(arch),
-            arch_lock: seccomp::compile(arch, &[]).to_bytes(),
+            policy: seccomp::kafel::policy(arch),
+            arch_lock: seccomp::bpf::arch_lock(arch),
         })
-    }
-
-    /// The architecture lock as an array the kernel accepts, made before the fork.
-    fn arch_lock_filter(&self) -> Vec<libc::sock_filter> {
-        self.arch_lock
-            .chunks_exact(8)
-            .map(|b| libc::sock_filter {
-                code: u16::from_ne_bytes([b[0], b[1]]),
-                jt: b[2],
-                jf: b[3],
-                k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-            })
-            .collect()
     }
 }
 
@@ -525,7 +447,8 @@ impl Nsjail {
             .current_dir("/")
             .args(args(config.as_raw_fd(), stderr_fd, &job_files));
         let log_write_fd = log_write.as_raw_fd();
-        let mut arch_lock = self.seccomp.as_ref().map(Seccomp::arch_lock_filter);
+        // Made before the fork: the child may not allocate.
+        let mut arch_lock = self.seccomp.as_ref().map(|s| s.arch_lock.sock_filters());
         // SAFETY: the hook makes only async-signal-safe syscalls on values it owns and
         // allocates nothing. It runs after std has put the pipes on fds 0-2 and before
         // `child::Setup::apply` (hooks run in the order they were added).
@@ -990,36 +913,11 @@ mod tests {
             .find(|l| l.starts_with("seccomp_string: "))
             .expect("a seccomp_string");
         assert_eq!(line, format!("seccomp_string: {}", quote(&seccomp.policy)));
-        let policy = &seccomp.policy;
+        // The one policy, as `seccomp::kafel` renders it (which tests each rule's block).
         let arch = seccomp::Arch::native().unwrap();
-        // Every rule of the shared table, by number, in the block of its action.
-        for rule in seccomp::DENIED {
-            let Some(nr) = arch.number(rule.syscall) else {
-                continue;
-            };
-            let block = match rule.action {
-                seccomp::Action::KillProcess => "KILL_PROCESS {".to_string(),
-                seccomp::Action::Errno(e) => format!("ERRNO({e}) {{"),
-            };
-            let start = policy
-                .find(&block)
-                .unwrap_or_else(|| panic!("no {block} in {policy}"));
-            let body = &policy[start..start + policy[start..].find("\n}").unwrap()];
-            assert!(
-                body.contains(&format!("SYSCALL[{nr}]"))
-                    && body.contains(&format!("/* {} */", rule.syscall)),
-                "{} ({nr}) is not in {block}: {policy}",
-                rule.syscall
-            );
-        }
-        assert!(
-            policy.contains("(arg0 & 0x7e020000) != 0 } /* clone */"),
-            "{policy}"
-        );
-        assert!(policy.contains("/* personality */"), "{policy}");
-        assert!(policy.trim_end().ends_with("DEFAULT ALLOW"));
+        assert_eq!(seccomp.policy, seccomp::kafel::policy(arch));
         // The architecture lock: load arch, compare, kill, ..., allow.
-        let lock = seccomp.arch_lock_filter();
+        let lock = seccomp.arch_lock.sock_filters();
         assert!(lock.len() >= 4, "{} instructions", lock.len());
         assert_eq!(
             lock.last().map(|i| i.k),
