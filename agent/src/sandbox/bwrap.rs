@@ -22,7 +22,7 @@ use std::process::Command;
 use warmpool_core::model::FileSpec;
 
 use super::outcome::Termination;
-use super::{child, seccomp, SandboxError};
+use super::{child, error::SandboxError, seccomp};
 
 /// Directories the sandbox sees, all read-only. `/usr` holds every runtime of the catalog;
 /// `/etc/ld.so.cache` saves the dynamic loader a directory search; `/etc/alternatives` is

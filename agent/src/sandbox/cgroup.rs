@@ -57,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 /// Whether executions run in per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -50,7 +50,7 @@ use warmpool_core::model::Limits;
 
 use super::outcome::{Stop, Termination};
 use super::output::{self, Captured};
-use super::{bwrap, SandboxError};
+use super::{bwrap, error::SandboxError};
 
 /// Processes (threads count too) per slot uid. Enough for node's worker threads and a shell
 /// pipeline; few enough that a fork bomb stalls at once.

@@ -81,7 +81,7 @@ use std::process::Command;
 
 use warmpool_core::model::FileSpec;
 
-use super::{bwrap, child, seccomp, SandboxError};
+use super::{bwrap, child, error::SandboxError, seccomp};
 
 /// Where the agent looks for nsjail when the configuration names none (before PATH).
 pub(super) const PATH_ENV: &str = "WARMPOOL_SANDBOX_NSJAIL";

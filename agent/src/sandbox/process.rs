@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use warmpool_core::model::FileSpec;
 
+use super::error::SandboxError;
 use super::outcome::Termination;
-use super::SandboxError;
 
 /// A fresh directory holding one execution's files, removed on drop.
 pub(super) struct WorkDir {

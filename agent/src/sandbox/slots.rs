@@ -33,8 +33,8 @@ use tokio::sync::Notify;
 
 use deadpool::managed::{self, Metrics, RecycleResult, Timeouts};
 
+use super::error::SandboxError;
 use super::warm::{Prepared, Warm};
-use super::SandboxError;
 
 /// A held slot: returns to the pool when dropped.
 pub(super) type Slot = managed::Object<SlotManager>;

@@ -100,7 +100,7 @@ use tokio_util::task::TaskTracker;
 
 use super::cgroup::{Cgroups, ExecCgroup};
 use super::slots::{Slot, SlotState, Slots};
-use super::{bwrap, child, nsjail, Plan, SandboxError};
+use super::{bwrap, child, error::SandboxError, nsjail, Plan};
 use warmpool_core::model::Limits;
 use warmpool_core::rules::check_file_name;
 
