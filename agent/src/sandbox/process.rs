@@ -13,7 +13,6 @@ use warmpool_core::model::FileSpec;
 
 use super::error::SandboxError;
 use super::host;
-use super::outcome::Termination;
 
 /// A fresh directory holding one execution's files, removed on drop.
 pub(super) struct WorkDir {
@@ -91,14 +90,5 @@ impl Drop for WorkDir {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove a work directory");
         }
-    }
-}
-
-/// A raw wait status as the process reported it.
-pub(super) fn decode_status(status: libc::c_int) -> Termination {
-    if libc::WIFSIGNALED(status) {
-        Termination::Signaled(libc::WTERMSIG(status))
-    } else {
-        Termination::Exited(libc::WEXITSTATUS(status))
     }
 }

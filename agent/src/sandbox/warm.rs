@@ -34,7 +34,7 @@
 //!    already holds (a job asking for a few MiB) cannot be set: the spare is discarded and the
 //!    job runs cold, so its outcome is a cold run's. Then [`Prepared::run`]: with the
 //!    wall-clock deadline starting, the job goes down the pipe ([`encode_job`]) followed by
-//!    stdin as in a cold run, and is supervised exactly as one (`child::Spawned::supervise`).
+//!    stdin as in a cold run, and is supervised exactly as one (`supervise::Spawned::supervise`).
 //! 4. The stub ([`stub_main`]) reads the message to end-of-file, writes each file into `/work`
 //!    with `O_CREAT|O_EXCL|O_NOFOLLOW`, lowers `RLIMIT_CPU` (and `RLIMIT_AS` without a memory
 //!    cgroup) to the job's, closes the pipe, marks every fd but 0-2 close-on-exec (under
@@ -50,7 +50,7 @@
 //!   program would be; it only lowers its own limits. It trusts nothing but its pipe, and checks even that (names, sizes, NULs).
 //! - [`Warm::shutdown`] (the agent's shutdown) waits for the refills in flight, then kills
 //!   the spare of every idle slot and removes its cgroup (a running job's slot has none). A spare dropped any other way is killed and reaped
-//!   by its `child::Spawned` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
+//!   by its `supervise::Spawned` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
 //!   agent dies, `PR_SET_PDEATHSIG` and `--die-with-parent` end it as they end a cold run.
 //!
 //! # What the job is charged
@@ -100,8 +100,12 @@ use tokio_util::task::TaskTracker;
 
 use super::cgroup::{Cgroups, ExecCgroup};
 use super::error::SandboxError;
+use super::outcome::Finished;
+use super::preexec::Setup;
+use super::rlimits::Rlimits;
 use super::slots::{Slot, SlotState, Slots};
-use super::{bwrap, child, host, nsjail, Plan};
+use super::supervise::{self, Spawned, Tree};
+use super::{bwrap, host, nsjail, Plan};
 use warmpool_core::model::Limits;
 use warmpool_core::rules::check_file_name;
 
@@ -144,7 +148,7 @@ pub(super) enum Launch {
 /// What a spare's launch holds open until its run is over.
 enum Held {
     /// The seccomp filter's memfd: bwrap read it long ago.
-    Bwrap(bwrap::Inputs),
+    Bwrap(#[allow(dead_code)] bwrap::Inputs),
     /// nsjail's configuration and log; the log is read after the run.
     Nsjail(nsjail::JailFds),
 }
@@ -158,7 +162,7 @@ pub(super) struct Preparer {
     pub stub: OwnedFd,
     pub work_dir_mb: u64,
     /// The job's limits except CPU time and address space, which the stub sets.
-    pub rlimits: child::Rlimits,
+    pub rlimits: Rlimits,
     pub usage_from_cgroup: bool,
 }
 
@@ -202,37 +206,32 @@ impl Preparer {
                 source,
             })?;
         let (stub, job) = (self.stub.as_raw_fd(), job_rx.as_raw_fd());
-        let (command, held) = match &self.launch {
+        let (command, mut setup, held) = match &self.launch {
             Launch::Bwrap(bwrap) => {
                 let inputs = bwrap.inputs(&[])?;
                 let command = bwrap.stub_command(stub, job, &inputs, self.work_dir_mb);
-                (command, Held::Bwrap(inputs))
+                let mut inherit = inputs.raw_fds();
+                inherit.extend([stub, job]);
+                let setup = Setup::new(Some(uid), self.rlimits, inherit);
+                (command, setup, Held::Bwrap(inputs))
             }
             Launch::Nsjail(nsjail) => {
-                let (command, fds) = nsjail.prepare_stub(
+                let (command, setup, fds) = nsjail.prepare_stub(
                     stub,
                     job,
                     uid,
+                    self.rlimits,
                     self.work_dir_mb,
                     NSJAIL_SPARE_TIME_LIMIT_S,
                 )?;
-                (command, Held::Nsjail(fds))
+                (command, setup, Held::Nsjail(fds))
             }
         };
-        let mut inherit = match &held {
-            Held::Bwrap(inputs) => inputs.raw_fds(),
-            Held::Nsjail(fds) => fds.inherit(),
-        };
-        inherit.extend([stub, job]);
-        let mut setup = child::Setup::new(Some(uid), self.rlimits, inherit);
-        // nsjail's log is on fd 2 by then (see `nsjail`).
-        setup.chown_fd2 = matches!(self.launch, Launch::Bwrap(_));
         setup.cgroup_procs = cgroup
             .as_ref()
             .map(ExecCgroup::procs_files)
             .unwrap_or_default();
-        setup.usage_from_cgroup = self.usage_from_cgroup;
-        let mut spawned = child::spawn(command, setup, child::Kind::Bwrap)?;
+        let mut spawned = supervise::spawn(command, setup, Tree::Shimmed, self.usage_from_cgroup)?;
         // Only the stub holds the read end now: if it dies, the hand-over sees EPIPE.
         drop(job_rx);
         let failed = match tokio::time::timeout(READY_TIMEOUT, spawned.read_ready(READY)).await {
@@ -271,7 +270,7 @@ impl Preparer {
 /// A launched sandbox waiting for its job. Dropping it kills the sandbox, reaps it and
 /// removes its cgroup (fields drop in order: the processes first).
 pub(super) struct Prepared {
-    spawned: child::Spawned,
+    spawned: Spawned,
     job_tx: OwnedFd,
     /// Closed with the spare.
     held: Held,
@@ -285,7 +284,7 @@ impl Prepared {
     }
 
     /// Kills the sandbox and removes its cgroup once its processes are gone (the processes
-    /// are reaped on a thread, see `child::Reaper`).
+    /// are reaped on a thread, see `supervise::Reaper`).
     pub async fn discard(self) {
         let Prepared {
             spawned, cgroup, ..
@@ -312,8 +311,8 @@ impl Prepared {
     pub async fn run(
         self,
         plan: &Plan<'_>,
-        rlimits: &child::Rlimits,
-    ) -> Result<(child::Finished, Option<ExecCgroup>), SandboxError> {
+        rlimits: &Rlimits,
+    ) -> Result<(Finished, Option<ExecCgroup>), SandboxError> {
         let Prepared {
             spawned,
             job_tx,
@@ -425,7 +424,7 @@ impl Warm {
 /// `"WPJ1"`, `cpu_soft_s` u64, `cpu_hard_s` u64, `address_space_bytes` u64 (`u64::MAX`: none),
 /// `argc` u32 then each argument (u32 length, bytes), `nfiles` u32 then each file (u32 name
 /// length, name, u64 content length, content).
-pub(super) fn encode_job(plan: &Plan<'_>, rlimits: &child::Rlimits) -> Vec<u8> {
+pub(super) fn encode_job(plan: &Plan<'_>, rlimits: &Rlimits) -> Vec<u8> {
     let size = 64
         + plan.argv.iter().map(|a| 4 + a.len()).sum::<usize>()
         + plan
@@ -667,8 +666,8 @@ mod tests {
         }
     }
 
-    fn rlimits(address_space_mb: Option<u64>) -> child::Rlimits {
-        child::Rlimits::for_limits(&plan(&[], &[]).limits, 64, address_space_mb, true)
+    fn rlimits(address_space_mb: Option<u64>) -> Rlimits {
+        Rlimits::for_limits(&plan(&[], &[]).limits, 64, address_space_mb, true)
     }
 
     #[test]
