@@ -21,14 +21,18 @@ use warmpool_core::model::FileSpec;
 
 use super::error::SandboxError;
 use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
+use super::launch::{Held, Launch, Launcher, Plan, Run, Spare};
+use super::preexec::Setup;
+use super::probe;
 use super::seccomp;
+use super::supervise::Tree;
 
 /// Where a warm sandbox sees the agent binary that serves as its stub (see `warm`), read-only.
 pub(super) const STUB_PATH: &str = "/.warmpool-stub";
 
-/// bwrap and what it needs to know about this host, found once at start-up. Cloned into the
-/// warm pool's preparer (see `warm`).
-#[derive(Debug, Clone)]
+/// bwrap and what it needs to know about this host, found once at start-up and shared (behind
+/// the sandbox's `Launcher`) with the warm pool's preparer (see `warm`).
+#[derive(Debug)]
 pub(super) struct Bwrap {
     program: PathBuf,
     /// How each of `host::ROOT_LINKS` that exists on the host appears in the sandbox.
@@ -118,28 +122,19 @@ impl Bwrap {
         command
     }
 
-    /// The command of a warm sandbox (see `warm`): the same sandbox, with `stub` (an fd on the
-    /// agent binary) bound read-only at [`STUB_PATH`] and run there in place of a program,
-    /// reading its job from the inherited `job_fd`. `inputs` holds no files: the stub writes
-    /// them.
-    pub fn stub_command(
-        &self,
-        stub: RawFd,
-        job_fd: RawFd,
-        inputs: &Inputs,
-        work_dir_mb: u64,
-    ) -> Command {
-        let argv = [
-            STUB_PATH.to_string(),
-            super::warm::STUB_COMMAND.to_string(),
-            job_fd.to_string(),
-        ];
+    /// The command of a warm sandbox (see `warm`): the same sandbox, with the spare's stub (an
+    /// fd on the agent binary) bound read-only at [`STUB_PATH`] and run there in place of a
+    /// program, reading its job from the inherited job pipe. `inputs` holds no files: the stub
+    /// writes them.
+    fn stub_command(&self, spare: &Spare, inputs: &Inputs) -> Command {
+        let [subcommand, job_fd] = spare.stub_args();
+        let argv = [STUB_PATH.to_string(), subcommand, job_fd];
         let mut command = Command::new(&self.program);
         command.env_clear().current_dir("/").args(self.args(
             &argv,
             inputs,
-            work_dir_mb,
-            Some(stub),
+            spare.work_dir_mb,
+            Some(spare.stub),
         ));
         command
     }
@@ -207,6 +202,51 @@ impl Bwrap {
         args
     }
 }
+
+impl Launcher for Bwrap {
+    fn cold(&self, plan: &Plan<'_>, run: &Run) -> Result<Launch, SandboxError> {
+        // Kept open until the child has read them (bwrap copies them before the program
+        // starts), then closed with the run.
+        let inputs = self.inputs(plan.files)?;
+        let command = self.command(&plan.argv, &inputs, run.work_dir_mb);
+        let setup = Setup::new(Some(run.uid), run.rlimits, inputs.raw_fds());
+        Ok(Launch {
+            command,
+            setup,
+            tree: Tree::Shimmed,
+            held: Box::new(inputs),
+        })
+    }
+
+    fn spare(&self, spare: &Spare) -> Result<Launch, SandboxError> {
+        let inputs = self.inputs(&[])?;
+        let command = self.stub_command(spare, &inputs);
+        let mut inherit = inputs.raw_fds();
+        inherit.extend([spare.stub, spare.job_fd]);
+        let setup = Setup::new(Some(spare.uid), spare.rlimits, inherit);
+        Ok(Launch {
+            command,
+            setup,
+            tree: Tree::Shimmed,
+            held: Box::new(inputs),
+        })
+    }
+
+    fn isolates(&self) -> bool {
+        true
+    }
+
+    fn check_probe(&self, probe_stdout: &str) -> Result<(), String> {
+        // The filter is in force (mode 2) under no_new_privs, as the program will run.
+        match self.seccomp() {
+            true => probe::check_seccomp_and_no_new_privs(probe_stdout, true),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The memfds bwrap reads at its start; closed when the run is over.
+impl Held for Inputs {}
 
 #[cfg(test)]
 mod tests {

@@ -70,6 +70,7 @@ mod bwrap;
 mod cgroup;
 mod error;
 mod host;
+mod launch;
 mod leftovers;
 mod nsjail;
 mod outcome;
@@ -80,20 +81,22 @@ mod process;
 mod rlimits;
 mod seccomp;
 mod slots;
+mod stub;
 mod supervise;
 mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use warmpool_core::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
+use warmpool_core::model::{ExecutionResult, Job, LanguageInfo, Outcome};
 use warmpool_core::runtimes::{self, RuntimeSpec, CATALOG};
 
 use crate::metadata::error_chain;
+use launch::{Launcher, Plan};
 
 pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
 pub use error::SandboxError;
-pub use warm::{stub_main, STUB_COMMAND};
+pub use stub::{stub_main, STUB_COMMAND};
 pub use warmpool_core::config::SandboxBackend;
 
 /// How this VM's sandboxes are set up.
@@ -152,33 +155,16 @@ impl Default for SandboxConfig {
 /// Runs jobs, each in a fresh sandbox, at most `slots` at once. Share it behind an `Arc`.
 pub struct Sandbox {
     cfg: SandboxConfig,
-    launcher: Launcher,
+    /// The backend, with what it found on the host at start-up: the only place that knows
+    /// which one runs (see `launch`).
+    launcher: Arc<dyn Launcher>,
     /// Where execution cgroups are made; `None` without cgroups.
     cgroups: Option<cgroup::Cgroups>,
-    slots: slots::Slots,
+    slots: slots::Slots<warm::Warm>,
     /// The warm spares, when on (see `warm`).
     warm: Option<Arc<warm::Warm>>,
     /// The catalog runtimes this VM can run, with the version each reported at start-up.
     available: Vec<(&'static RuntimeSpec, String)>,
-}
-
-/// The backend, with what it found on the host at start-up.
-enum Launcher {
-    Bwrap(bwrap::Bwrap),
-    Nsjail(nsjail::Nsjail),
-    Process,
-}
-
-/// One execution, backend-independent: what to run, with what, under which limits.
-struct Plan<'a> {
-    /// `argv[0]` is the absolute path of the program.
-    argv: Vec<String>,
-    files: &'a [FileSpec],
-    stdin: &'a [u8],
-    /// The job's limits, as asked.
-    limits: Limits,
-    /// Added to `memory_mb` for `RLIMIT_AS` when no memory cgroup bounds the execution.
-    address_space_extra_mb: u64,
 }
 
 impl Sandbox {
@@ -192,10 +178,10 @@ impl Sandbox {
         let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs, cfg.cpu_millis)?;
         // validate_config checked that uid_base + slots fits in a u32.
         leftovers::kill(cfg.uid_base..cfg.uid_base + cfg.slots as u32);
-        let launcher = match cfg.backend {
-            SandboxBackend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
+        let launcher: Arc<dyn Launcher> = match cfg.backend {
+            SandboxBackend::Bwrap => Arc::new(bwrap::Bwrap::locate(cfg.seccomp)?),
             SandboxBackend::Nsjail => {
-                Launcher::Nsjail(nsjail::Nsjail::locate(cfg.nsjail.as_deref(), cfg.seccomp)?)
+                Arc::new(nsjail::Nsjail::locate(cfg.nsjail.as_deref(), cfg.seccomp)?)
             }
             SandboxBackend::Process => {
                 tracing::warn!(
@@ -203,16 +189,11 @@ impl Sandbox {
                      read its files and reach its network). For development only, never with \
                      untrusted code."
                 );
-                Launcher::Process
+                Arc::new(process::Process)
             }
         };
-        let warm_launch = match &launcher {
-            Launcher::Bwrap(bwrap) => Some(warm::Launch::Bwrap(bwrap.clone())),
-            Launcher::Nsjail(nsjail) => Some(warm::Launch::Nsjail(nsjail.clone())),
-            Launcher::Process => None,
-        };
-        let warm = match (warm_launch, cfg.warm) {
-            (Some(launch), true) => {
+        let warm = match (launcher.isolates(), cfg.warm) {
+            (true, true) => {
                 let stub = match &cfg.stub {
                     Some(path) => path.clone(),
                     None => std::env::current_exe().map_err(|source| SandboxError::Prepare {
@@ -222,7 +203,7 @@ impl Sandbox {
                 };
                 let protections = cgroups.as_ref().map(cgroup::Cgroups::protections);
                 let preparer = warm::Preparer {
-                    launch,
+                    launcher: Arc::clone(&launcher),
                     cgroups: cgroups.clone(),
                     stub: warm::Preparer::open_stub(&stub)?,
                     work_dir_mb: cfg.work_dir_mb,
@@ -256,7 +237,7 @@ impl Sandbox {
             warm,
             available: Vec::new(),
         };
-        if matches!(sandbox.launcher, Launcher::Bwrap(_) | Launcher::Nsjail(_)) {
+        if sandbox.launcher.isolates() {
             sandbox.probe_isolation().await?;
         }
         for spec in CATALOG {
@@ -372,8 +353,10 @@ impl Sandbox {
         result
     }
 
-    /// Takes a slot, makes the execution's cgroup, prepares the backend's command, then runs
-    /// and supervises it; with a cgroup, its counters replace the rusage figures.
+    /// Takes a slot, then runs the plan in its warm spare if it has one that can take it, else
+    /// cold: makes the execution's cgroup, has the backend prepare its launch, starts and
+    /// supervises it. One path for every backend (see `launch`); with a cgroup, its counters
+    /// replace the rusage figures.
     async fn execute(&self, plan: &Plan<'_>) -> Result<ExecutionResult, SandboxError> {
         let mut slot = self.slots.get().await?;
         let uid = slot.uid;
@@ -394,15 +377,11 @@ impl Sandbox {
             Some(warm) => warm.take(&mut slot, &plan.limits).await,
             None => None,
         };
-        if let (Some(warm), Some(mut spare)) = (&self.warm, spare) {
+        if let Some(mut spare) = spare {
             match spare.begin(plan.limits.memory_mb) {
                 Ok(()) => {
                     let (finished, cgroup) = spare.run(plan, &rlimits).await?;
-                    let finished = with_cgroup_figures(finished, cgroup).await;
-                    // Only now: the run's sandbox and cgroup are gone, so the spare is the
-                    // uid's only.
-                    warm.refill(slot);
-                    return Ok(outcome::result(finished, &plan.limits, &rlimits));
+                    return Ok(self.conclude(finished, cgroup, slot, plan, &rlimits).await);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, memory_mb = plan.limits.memory_mb,
@@ -426,70 +405,43 @@ impl Sandbox {
             .as_ref()
             .map(cgroup::ExecCgroup::procs_files)
             .unwrap_or_default();
-        let (finished, rlimits) = match &self.launcher {
-            Launcher::Bwrap(bwrap) => {
-                // Kept open until the child has read them (bwrap copies them before the
-                // program starts), then closed with `inputs` at the end of this arm.
-                let inputs = bwrap.inputs(plan.files)?;
-                let command = bwrap.command(&plan.argv, &inputs, self.cfg.work_dir_mb);
-                let inherit = inputs.raw_fds();
-                let mut setup = preexec::Setup::new(Some(uid), rlimits, inherit);
-                setup.cgroup_procs = cgroup_procs;
-                let finished =
-                    supervise::spawn(command, setup, supervise::Tree::Shimmed, usage_from_cgroup)?
-                        .supervise(None, plan.stdin, &plan.limits)
-                        .await?;
-                (finished, rlimits)
-            }
-            Launcher::Nsjail(nsjail) => {
-                let (command, mut setup, fds) = nsjail.prepare(
-                    &plan.argv,
-                    plan.files,
-                    uid,
-                    rlimits,
-                    self.cfg.work_dir_mb,
-                    plan.limits.wall_time_ms,
-                )?;
-                setup.cgroup_procs = cgroup_procs;
-                let mut finished =
-                    supervise::spawn(command, setup, supervise::Tree::Shimmed, usage_from_cgroup)?
-                        .supervise(None, plan.stdin, &plan.limits)
-                        .await?;
-                fds.finish(&mut finished);
-                (finished, rlimits)
-            }
-            Launcher::Process => {
-                // Dropping to the slot uid needs root. A developer running the agent as
-                // themselves keeps their uid, and then RLIMIT_NPROC would count all their own
-                // processes, so it is left out.
-                // SAFETY: geteuid cannot fail.
-                let credentials = (unsafe { libc::geteuid() } == 0).then_some(uid);
-                let rlimits = if credentials.is_some() {
-                    rlimits
-                } else {
-                    rlimits.without_nproc()
-                };
-                let dir = process::WorkDir::create(plan.files, credentials)?;
-                let command = dir.command(&plan.argv);
-                let mut setup = preexec::Setup::new(credentials, rlimits, Vec::new());
-                setup.cgroup_procs = cgroup_procs;
-                let finished =
-                    supervise::spawn(command, setup, supervise::Tree::Bare, usage_from_cgroup)?
-                        .supervise(None, plan.stdin, &plan.limits)
-                        .await?;
-                drop(dir);
-                (finished, rlimits)
-            }
-        };
+        let launch = self.launcher.cold(
+            plan,
+            &launch::Run {
+                uid,
+                rlimits,
+                work_dir_mb: self.cfg.work_dir_mb,
+            },
+        )?;
+        // What the child sets (the process backend may leave RLIMIT_NPROC out).
+        let rlimits = launch.rlimits();
+        let finished = launch
+            .spawn(cgroup_procs, usage_from_cgroup)?
+            .run(None, plan.stdin, &plan.limits)
+            .await?;
+        Ok(self.conclude(finished, cgroup, slot, plan, &rlimits).await)
+    }
+
+    /// After a run, warm or cold: the cgroup's figures, the slot back (to its refill, when
+    /// warm: only now are the run's sandbox and cgroup gone, so the spare is the uid's only),
+    /// and the outcome.
+    async fn conclude(
+        &self,
+        finished: outcome::Finished,
+        cgroup: Option<cgroup::ExecCgroup>,
+        slot: slots::Slot<warm::Warm>,
+        plan: &Plan<'_>,
+        rlimits: &rlimits::Rlimits,
+    ) -> ExecutionResult {
         let finished = with_cgroup_figures(finished, cgroup).await;
         match &self.warm {
             Some(warm) => warm.refill(slot),
             None => drop(slot),
         }
-        Ok(outcome::result(finished, &plan.limits, &rlimits))
+        outcome::result(finished, &plan.limits, rlimits)
     }
 
-    /// Proves the bwrap sandbox isolates before any job runs in it.
+    /// Proves the sandbox isolates before any job runs in it.
     async fn probe_isolation(&self) -> Result<(), SandboxError> {
         let plan = Plan {
             argv: probe::isolation_command(),
@@ -520,22 +472,10 @@ impl Sandbox {
             rlimits::NPROC_LIMIT
         };
         report.check(nproc).map_err(SandboxError::ProbeFailed)?;
-        if let Launcher::Bwrap(bwrap) = &self.launcher {
-            // The filter is in force (mode 2) under no_new_privs, as the program will run.
-            if bwrap.seccomp() {
-                nsjail::check_isolation(&result.stdout, true).map_err(SandboxError::ProbeFailed)?;
-            }
-        }
-        if let Launcher::Nsjail(nsjail) = &self.launcher {
-            nsjail::check_isolation(&result.stdout, nsjail.seccomp())
-                .map_err(SandboxError::ProbeFailed)?;
-            tracing::info!(
-                nsjail = %nsjail.program().display(),
-                protections = %nsjail.protections(),
-                cgroups = ?self.cgroups(),
-                "sandbox protections in force"
-            );
-        }
+        self.launcher
+            .check_probe(&result.stdout)
+            .map_err(SandboxError::ProbeFailed)?;
+        self.launcher.log_protections(self.cgroups());
         tracing::info!(?report, "sandbox isolation probe passed");
         Ok(())
     }
@@ -680,6 +620,7 @@ fn validate_job(job: &Job, work_dir_mb: u64) -> Result<(), SandboxError> {
 mod tests {
     use super::*;
     use std::path::Path;
+    use warmpool_core::model::FileSpec;
 
     #[test]
     fn configs_that_could_run_as_root_or_overflow_are_refused() {

@@ -80,12 +80,16 @@ use std::process::Command;
 
 use warmpool_core::model::FileSpec;
 
+use super::cgroup::CgroupProtections;
 use super::error::SandboxError;
 use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
+use super::launch::{Held, Launch, Launcher, Plan, Run, Spare};
 use super::outcome::Finished;
 use super::preexec::{LogOnStderr, Setup};
+use super::probe;
 use super::rlimits::Rlimits;
 use super::seccomp;
+use super::supervise::Tree;
 
 /// Where the agent looks for nsjail when the configuration names none (before PATH).
 pub(super) const PATH_ENV: &str = "WARMPOOL_SANDBOX_NSJAIL";
@@ -166,7 +170,7 @@ exit $?
 "#;
 
 /// nsjail and what it needs to know about this host, found once at start-up.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Nsjail {
     program: PathBuf,
     /// How each of `host::ROOT_LINKS` that exists on the host appears in the sandbox (symlinks
@@ -222,21 +226,28 @@ pub(super) struct JailFds {
 
 impl JailFds {
     /// Everything the forked child must not close on exec.
-    pub fn inherit(&self) -> Vec<RawFd> {
+    fn inherit(&self) -> Vec<RawFd> {
         let mut fds = vec![self.config.as_raw_fd(), self.log_read.as_raw_fd()];
         fds.extend(self.files.iter().map(MemFile::raw_fd));
         fds
     }
+}
 
+impl Held for JailFds {
     /// What nsjail and the loader reported as failures so far: why a warm jail never got
     /// ready, say. Empty if nothing.
-    pub fn failures_so_far(&self) -> String {
-        failures_in_log(&read_nonblocking(&self.log_read, LOG_CAP)).join("; ")
+    fn failures_so_far(&self) -> String {
+        let log = read_nonblocking(&self.log_read, LOG_CAP);
+        let failures = failures_in_log(&log);
+        match failures.is_empty() {
+            true => String::new(),
+            false => format!("nsjail: {}", failures.join("; ")),
+        }
     }
 
     /// Reads nsjail's log and, if nsjail or the loader failed (rather than the program),
     /// records that as the run's internal error.
-    pub fn finish(self, finished: &mut Finished) {
+    fn finish(self: Box<Self>, finished: &mut Finished) {
         let log = read_nonblocking(&self.log_read, LOG_CAP);
         let failures = failures_in_log(&log);
         if failures.is_empty() {
@@ -367,7 +378,7 @@ impl Nsjail {
     /// Everything one run of `argv` with `files` needs: the command, the child's set-up (its
     /// log on fd 2, the architecture lock), and the fds that must stay open until the run is
     /// over (its configuration and the job files in memfds, the log pipe).
-    pub fn prepare(
+    fn prepare(
         &self,
         argv: &[String],
         files: &[FileSpec],
@@ -393,7 +404,7 @@ impl Nsjail {
     /// A warm sandbox (see `warm`): the same jail, with [`STUB_LOADER`] as its init and the
     /// agent binary (`stub`, an `O_PATH` fd) as the stub reading its job from `job_fd`, and
     /// `time_limit_s` as the backstop (the job's wall time is not known yet).
-    pub fn prepare_stub(
+    fn prepare_stub(
         &self,
         stub: RawFd,
         job_fd: RawFd,
@@ -668,37 +679,6 @@ fn is_loader_noise(line: &str) -> bool {
     line.contains("no version information available")
 }
 
-/// What the isolation probe must also show under nsjail: no_new_privs, and the seccomp filter
-/// when `seccomp` is on (`/proc/self/status` is in the probe's output).
-pub(super) fn check_isolation(probe_stdout: &str, seccomp: bool) -> Result<(), String> {
-    let field = |name: &str| {
-        probe_stdout.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        })
-    };
-    let mut failures = Vec::new();
-    // 2: SECCOMP_MODE_FILTER.
-    if seccomp && field("Seccomp").as_deref() != Some("2") {
-        failures.push(format!(
-            "seccomp mode {:?}: must be 2 (filter)",
-            field("Seccomp")
-        ));
-    }
-    if field("NoNewPrivs").as_deref() != Some("1") {
-        failures.push(format!("no_new_privs {:?}: must be 1", field("NoNewPrivs")));
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the sandbox does not isolate: {}",
-            failures.join("; ")
-        ))
-    }
-}
-
 /// Whatever is in the (non-blocking) pipe now, up to `cap` bytes.
 fn read_nonblocking(fd: &OwnedFd, cap: usize) -> String {
     let Ok(dup) = fd.try_clone() else {
@@ -735,6 +715,65 @@ fn root_layout() -> Vec<RootEntry> {
             _ => true,
         })
         .collect()
+}
+
+impl Launcher for Nsjail {
+    fn cold(&self, plan: &Plan<'_>, run: &Run) -> Result<Launch, SandboxError> {
+        let (command, setup, fds) = self.prepare(
+            &plan.argv,
+            plan.files,
+            run.uid,
+            run.rlimits,
+            run.work_dir_mb,
+            plan.limits.wall_time_ms,
+        )?;
+        // The same tree as bwrap's (a launcher, then the namespace's init), killed and
+        // reaped the same way (see the module docs).
+        Ok(Launch {
+            command,
+            setup,
+            tree: Tree::Shimmed,
+            held: Box::new(fds),
+        })
+    }
+
+    fn spare(&self, spare: &Spare) -> Result<Launch, SandboxError> {
+        let (command, setup, fds) = self.prepare_stub(
+            spare.stub,
+            spare.job_fd,
+            spare.uid,
+            spare.rlimits,
+            spare.work_dir_mb,
+            spare.time_limit_s,
+        )?;
+        Ok(Launch {
+            command,
+            setup,
+            tree: Tree::Shimmed,
+            held: Box::new(fds),
+        })
+    }
+
+    fn isolates(&self) -> bool {
+        true
+    }
+
+    fn wall_backstop(&self) -> bool {
+        true
+    }
+
+    fn check_probe(&self, probe_stdout: &str) -> Result<(), String> {
+        probe::check_seccomp_and_no_new_privs(probe_stdout, self.seccomp())
+    }
+
+    fn log_protections(&self, cgroups: Option<CgroupProtections>) {
+        tracing::info!(
+            nsjail = %self.program().display(),
+            protections = %self.protections(),
+            ?cgroups,
+            "sandbox protections in force"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -933,23 +972,5 @@ warmpool-init failed: could not write /work/main.py
                 .is_empty()
         );
         assert!(is_loader_noise(log.lines().next().unwrap()));
-    }
-
-    #[test]
-    fn the_probe_must_see_seccomp_and_no_new_privs() {
-        let ok = "Name:\tsh\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t2\n";
-        assert_eq!(check_isolation(ok, true), Ok(()));
-        let err = check_isolation("NoNewPrivs:\t0\nSeccomp:\t0\n", true).unwrap_err();
-        assert!(
-            err.contains("seccomp") && err.contains("no_new_privs"),
-            "{err}"
-        );
-        assert!(check_isolation("", true).is_err());
-        // Seccomp off: no filter expected, no_new_privs still.
-        assert_eq!(
-            check_isolation("NoNewPrivs:\t1\nSeccomp:\t0\n", false),
-            Ok(())
-        );
-        assert!(check_isolation("NoNewPrivs:\t0\nSeccomp:\t0\n", false).is_err());
     }
 }
