@@ -49,22 +49,67 @@
 //! machines without user namespaces.
 //!
 //! # Layout
-//! - `bwrap`: the bubblewrap command line, and how to kill a bwrap sandbox cleanly.
-//! - `cgroup`: the per-execution cgroup (v1 or v2): probe, limits, counters, removal.
-//! - `process`: the unsandboxed development backend's working directory.
-//! - `preexec`: what the forked child does to itself before exec (async-signal-safe only),
-//!   and the reaper shim.
-//! - `supervise`: spawning, then supervising the child (deadline, output caps, exit) and
-//!   reaping it with its resource usage.
-//! - `rlimits`: the job's limits as setrlimit figures.
+//! One line per file, by layer; a file uses only files of lower-numbered layers (arrows:
+//! "uses"), so the graph is a DAG. No file uses this one (`mod.rs`), no backend uses another,
+//! and only this file names a backend: everything else reaches one through `launch::Launcher`.
+//! A unit test below (`each_file_uses_only_files_of_lower_layers`) holds every file to it.
+//!
+//! Layer 0, no other sandbox file:
+//! - `error`: [`SandboxError`], the one error of the sandbox's boundary, and its stable codes.
+//! - `rlimits`: the job's limits as `setrlimit` figures (and the process-count limits).
 //! - `output`: reading one stream through a capped buffer.
-//! - `outcome`: the pure mapping from what happened to an [`Outcome`].
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
-//! - `seccomp`: the system-call policy; `seccomp::bpf` and `seccomp::kafel` render it for bwrap and nsjail.
-//! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
 //! - `leftovers`: what a dead agent left running as the slot uids, killed at start-up.
-//! - `slots`: the concurrency slots, a `deadpool` managed pool (one uid each, and its spare).
-//! - `warm`: the warm spares: one launched sandbox per slot, its stub, the hand-over.
+//! - `seccomp`: the system-call policy (`seccomp/mod.rs`), and its two renderers beside it:
+//!   `seccomp::bpf` (bwrap's filter, nsjail's architecture lock), `seccomp::kafel` (nsjail's
+//!   policy text); each renderer uses only the policy.
+//!
+//! Layer 1:
+//! - `host` → error: what both backends take from the host: the one read-only binds list,
+//!   the root links, the environment allow-list, PATH lookup, memfd, pipe and pidfd helpers.
+//! - `preexec` → rlimits: everything between fork and exec (async-signal-safe only), and the
+//!   reaper shim.
+//! - `outcome` → output, rlimits: what the supervisor observed ([`Outcome`]'s inputs), the one
+//!   status decoding, and the pure mapping to an [`Outcome`].
+//! - `stub` → rlimits: the warm sandbox's stub and the job message it reads.
+//! - `slots` → error: the concurrency slots, a `deadpool` managed pool (one uid each, and its
+//!   spare, kept by a `Keeper`).
+//!
+//! Layer 2:
+//! - `cgroup` → error, host: the per-execution cgroup (v1 or v2): probe, limits, counters,
+//!   removal.
+//! - `supervise` → error, host, outcome, output, preexec: spawning, then supervising the child
+//!   (deadline, output caps, exit), killing its tree, reaping it with its resource usage.
+//!
+//! Layer 3:
+//! - `launch` → cgroup, error, outcome, preexec, rlimits, stub, supervise: the `Launcher`
+//!   trait every backend implements, `launch::Plan`, and the one path that starts
+//!   and runs what a backend prepared.
+//!
+//! Layer 4:
+//! - `bwrap` → error, host, launch, preexec, probe, seccomp, supervise: the bubblewrap
+//!   backend: its command line.
+//! - `nsjail` → cgroup, error, host, launch, outcome, preexec, probe, rlimits, seccomp,
+//!   supervise: the nsjail backend: its per-run configuration, its init, its log.
+//! - `process` → error, host, launch, preexec, supervise: the unsandboxed development backend
+//!   and its working directory.
+//! - `warm` → cgroup, error, host, launch, outcome, rlimits, slots, stub: the warm spares: one
+//!   launched sandbox per slot, the hand-over.
+//!
+//! Layer 5:
+//! - `mod.rs` → all of the above: [`Sandbox`] (configuration, start-up, `execute`), the job
+//!   checks.
+//!
+//! The spine of that graph (every arrow drawn is an edge of the list above; the list has
+//! them all):
+//! ```text
+//! mod.rs ─┬─► bwrap ───┐
+//!         ├─► nsjail ──┼─► launch ─┬─► supervise ─┬─► preexec ─► rlimits
+//!         ├─► process ─┘     ▲     │              └─► outcome ─► output
+//!         └─► warm ──────────┘     ├─► stub ─► rlimits
+//!               └─► slots          └─► cgroup ─► host ─► error
+//! bwrap, nsjail ─► host, probe, seccomp ◄─ seccomp::bpf, seccomp::kafel
+//! ```
 
 mod bwrap;
 mod cgroup;
@@ -753,5 +798,73 @@ mod tests {
         ours_env.sort();
         assert_eq!(ours_binds, binds);
         assert_eq!(ours_env, env);
+    }
+
+    /// The `# Layout` above, enforced: each file names (through `super::`) only files of a
+    /// lower layer, so the import graph stays a DAG and no backend reaches another.
+    #[test]
+    fn each_file_uses_only_files_of_lower_layers() {
+        const FILES: &[(&str, u8, &str)] = &[
+            ("error", 0, include_str!("error.rs")),
+            ("rlimits", 0, include_str!("rlimits.rs")),
+            ("output", 0, include_str!("output.rs")),
+            ("probe", 0, include_str!("probe.rs")),
+            ("leftovers", 0, include_str!("leftovers.rs")),
+            ("seccomp", 0, include_str!("seccomp/mod.rs")),
+            ("host", 1, include_str!("host.rs")),
+            ("preexec", 1, include_str!("preexec.rs")),
+            ("outcome", 1, include_str!("outcome.rs")),
+            ("stub", 1, include_str!("stub.rs")),
+            ("slots", 1, include_str!("slots.rs")),
+            ("cgroup", 2, include_str!("cgroup.rs")),
+            ("supervise", 2, include_str!("supervise.rs")),
+            ("launch", 3, include_str!("launch.rs")),
+            ("bwrap", 4, include_str!("bwrap.rs")),
+            ("nsjail", 4, include_str!("nsjail.rs")),
+            ("process", 4, include_str!("process.rs")),
+            ("warm", 4, include_str!("warm.rs")),
+        ];
+        let layer = |name: &str| FILES.iter().find(|f| f.0 == name).map(|f| f.1);
+        for &(file, own, source) in FILES {
+            // Only the file's own code: its unit tests may reach further (`use super::*`).
+            let code = source
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or(source);
+            // One line, comments left out: a `use super::{…}` group may span several.
+            let code = code
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            for (i, _) in code.match_indices("super::") {
+                let rest = &code[i + "super::".len()..];
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or("").split(',').collect(),
+                    None => vec![rest],
+                };
+                let context: String = rest.chars().take(60).collect();
+                for name in names {
+                    let name = name.trim();
+                    let end = name
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(name.len());
+                    let name = &name[..end];
+                    if file == "seccomp" || name.is_empty() || name == "self" {
+                        continue;
+                    }
+                    match layer(name) {
+                        Some(theirs) => assert!(
+                            theirs < own,
+                            "{file} (layer {own}) uses {name} (layer {theirs}): super::{context}"
+                        ),
+                        None => panic!(
+                            "{file} uses `super::{name}`, which is no sandbox file (the \
+                             sandbox's mod.rs is used by none): super::{context}"
+                        ),
+                    }
+                }
+            }
+        }
     }
 }

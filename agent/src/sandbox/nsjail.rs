@@ -973,4 +973,15 @@ warmpool-init failed: could not write /work/main.py
         );
         assert!(is_loader_noise(log.lines().next().unwrap()));
     }
+
+    /// The warm loader names the stub's subcommand itself (a literal of the script): it must be
+    /// the one the agent's `main` dispatches on.
+    #[test]
+    fn the_stub_loader_runs_the_agents_stub_subcommand() {
+        let call = format!(
+            "\"/proc/self/fd/$stub\" {} \"$job\"",
+            super::super::stub::STUB_COMMAND
+        );
+        assert!(STUB_LOADER.contains(&call), "{STUB_LOADER}");
+    }
 }
