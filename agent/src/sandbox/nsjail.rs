@@ -9,9 +9,9 @@
 //!                  └── warmpool-init: bash, pid 1 of the new namespaces (own session)
 //!                        └── the program
 //! ```
-//! The shape is bwrap's, so the supervision is bwrap's too (`supervise::Tree::Shimmed`): killing the
-//! sandbox is SIGKILL to nsjail and to its first child, the namespace's init, whose death makes
-//! the kernel kill everything left in the pid namespace. nsjail waits for its child itself, so
+//! The shape is bwrap's, so the supervision is bwrap's too (`supervise::Tree::Shimmed`):
+//! killing the sandbox is SIGKILL to nsjail and to its first child, the namespace's init, whose
+//! death makes the kernel kill everything left in the pid namespace. nsjail waits for its child itself, so
 //! the shim's `RUSAGE_CHILDREN` covers the program as it does under bwrap.
 //!
 //! # Why a configuration file, in a memfd

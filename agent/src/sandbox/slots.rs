@@ -16,9 +16,9 @@
 //!    the index back. So there are never more than `slots` slots, never two with one uid, and
 //!    a permit always finds its index (at worst a moment later: `create` waits for it).
 //! 2. [`SlotManager::recycle`], on every `get`, makes sure the slot has a usable spare
-//!    ([`Keeper::keep`], `Warm::ensure_spare`: kept if alive and young, else prepared there and then). Usually
-//!    the refill that followed the slot's previous run put one there already, off any job's
-//!    path.
+//!    ([`Keeper::keep`], `Warm::ensure_spare`: kept if alive and young, else prepared there
+//!    and then). Usually the refill that followed the slot's previous run put one there
+//!    already, off any job's path.
 //! 3. After a run the caller hands the slot to `Warm::refill`, which prepares its next spare in
 //!    the background and only then lets the slot go back to the pool: the next job on it
 //!    waits for that rather than preparing a second sandbox for the same uid.

@@ -4,10 +4,11 @@
 //! # What a spare is
 //! Everything a cold run does before its program starts, done while the slot is idle: the
 //! execution's cgroup created (memory limit [`PREPARE_MEMORY_MB`], `pids.max`), the launcher
-//! forked, dropped to the slot's uid, under the reaper shim, and the sandbox started with every
-//! namespace, mount and tmpfs and the seccomp filter; inside, in place of the program, the
-//! **stub**: the agent binary itself, run as `warmpool-agent sandbox-stub FD`, blocked reading
-//! the inherited pipe `FD`.
+//! prepared by the backend through the same interface as a cold run's (`launch::Launcher`'s
+//! `spare`), forked, dropped to the slot's uid, under the reaper shim, and the sandbox started with
+//! every namespace, mount and tmpfs and the seccomp filter; inside, in place of the program, the
+//! **stub**: the agent binary itself, run as `warmpool-agent sandbox-stub FD`, blocked reading the
+//! inherited pipe `FD`.
 //! - bwrap: the binary is bound read-only at `bwrap::STUB_PATH` and bwrap execs it there.
 //! - nsjail: nsjail cannot bind an fd's file into the jail (and the slot uid may not traverse
 //!   the binary's directories), so the jail's init (`nsjail::STUB_LOADER`, the cold loader's
@@ -34,10 +35,10 @@
 //!    already holds (a job asking for a few MiB) cannot be set: the spare is discarded and the
 //!    job runs cold, so its outcome is a cold run's. Then [`Prepared::run`]: with the
 //!    wall-clock deadline starting, the job goes down the pipe ([`encode_job`]) followed by
-//!    stdin as in a cold run, and is supervised exactly as one (`supervise::Spawned::supervise`).
-//! 4. The stub (`stub::stub_main`) reads the message to end-of-file, writes each file into `/work`
-//!    with `O_CREAT|O_EXCL|O_NOFOLLOW`, lowers `RLIMIT_CPU` (and `RLIMIT_AS` without a memory
-//!    cgroup) to the job's, closes the pipe, marks every fd but 0-2 close-on-exec (under
+//!    stdin as in a cold run, and is supervised exactly as one (`launch::Started::run`).
+//! 4. The stub (`stub::stub_main`) reads the message to end-of-file, writes each file into
+//!    `/work` with `O_CREAT|O_EXCL|O_NOFOLLOW`, lowers `RLIMIT_CPU` (and `RLIMIT_AS` without a
+//!    memory cgroup) to the job's, closes the pipe, marks every fd but 0-2 close-on-exec (under
 //!    nsjail it holds the agent binary's fd), resets every signal to its default action
 //!    (whatever a launcher left ignored) and execs the program: from there on the process is
 //!    the program, in the same namespaces, cgroup and seccomp filter as a cold one.
@@ -50,7 +51,7 @@
 //!   program would be; it only lowers its own limits. It trusts nothing but its pipe, and checks even that (names, sizes, NULs).
 //! - [`Warm::shutdown`] (the agent's shutdown) waits for the refills in flight, then kills
 //!   the spare of every idle slot and removes its cgroup (a running job's slot has none). A spare dropped any other way is killed and reaped
-//!   by its `supervise::Spawned` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
+//!   by its `launch::Started` and its cgroup removed by `cgroup::ExecCgroup`'s drop; if the
 //!   agent dies, `PR_SET_PDEATHSIG` and `--die-with-parent` end it as they end a cold run.
 //!
 //! # What the job is charged

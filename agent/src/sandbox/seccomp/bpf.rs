@@ -1,5 +1,6 @@
 //! The policy of `seccomp` compiled to classic BPF: the program bwrap loads from its
-//! `--seccomp FD`, and (with no rules) the architecture lock nsjail's pre-exec hook loads.
+//! `--seccomp FD`, and (with no rules) the architecture lock that nsjail's child loads between
+//! fork and exec (see `preexec`).
 //!
 //! # The program
 //! Classic BPF as `--seccomp FD` wants it: an array of `struct sock_filter` in native byte
@@ -87,8 +88,8 @@ impl Program {
     }
 
     /// The instructions as the kernel's own `struct sock_filter`s, for a `PR_SET_SECCOMP` made
-    /// by the agent itself (nsjail's architecture lock, loaded in its pre-exec hook). Built
-    /// before the fork: the child may not allocate.
+    /// by the agent itself (nsjail's architecture lock, loaded by `preexec` in the forked
+    /// child). Built before the fork: the child may not allocate.
     pub fn sock_filters(&self) -> Vec<libc::sock_filter> {
         self.0
             .iter()

@@ -3,7 +3,7 @@
 //!
 //! Kafel checks the architecture but knows nothing of x86_64's x32 numbers (bit 30 set, on
 //! kernels built with `CONFIG_X86_X32_ABI`), through which every rule could be bypassed: so
-//! nsjail's pre-exec hook also loads `bpf::arch_lock` (see `nsjail`).
+//! nsjail's child also loads `bpf::arch_lock` before it execs nsjail (see `nsjail`).
 
 use super::{Action, Arch, When, DENIED};
 
@@ -17,11 +17,11 @@ const PERSONALITY_RULE: &str = "(persona) { persona != 0 && persona != 0x8 && pe
      && persona != 0x20008 && (persona & 0xffffffff) != 0xffffffff }";
 
 /// The policy of `seccomp` ([`DENIED`], bwrap's too), rendered in Kafel for nsjail's
-/// `seccomp_string`, plus [`PERSONALITY_RULE`]. Syscalls go by number (`SYSCALL[n] /* name */`, numbers
-/// from `Arch`): Kafel's own names differ in places (`umount2` is its `umount`) and
+/// `seccomp_string`, plus [`PERSONALITY_RULE`]. Syscalls go by number (`SYSCALL[n] /* name */`,
+/// numbers from `Arch`): Kafel's own names differ in places (`umount2` is its `umount`) and
 /// lack some (`_sysctl`), and an unknown name would fail every start. Kafel adds its own
-/// architecture check (a foreign ABI is killed); x86_64's x32 numbers are the pre-exec hook's
-/// (see the module docs).
+/// architecture check (a foreign ABI is killed); x86_64's x32 numbers are the architecture
+/// lock's (see the module docs).
 pub fn policy(arch: Arch) -> String {
     let mut kill = Vec::new();
     let mut errno: Vec<(i32, Vec<String>)> = Vec::new();

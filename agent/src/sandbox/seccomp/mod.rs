@@ -43,7 +43,7 @@
 //! # The renderers
 //! The policy is data ([`DENIED`], [`Arch::number`]), rendered for each backend next to it:
 //! - `bpf`: the classic-BPF program bwrap loads (`--seccomp FD`), and the architecture lock
-//!   nsjail's pre-exec hook loads (see `nsjail`);
+//!   nsjail's child loads before it execs nsjail (see `nsjail`);
 //! - `kafel`: the Kafel policy text nsjail compiles (`seccomp_string`), plus a `personality`
 //!   rule that classic BPF here does not express yet.
 //!
