@@ -10,12 +10,12 @@
 //! job, and it ends with that job.
 //!
 //! # Expected flow
-//! 1. [`SlotManager::create`] makes a slot from a free index `i` (uid `uid_base + i`) when the
+//! 1. `SlotManager::create` makes a slot from a free index `i` (uid `uid_base + i`) when the
 //!    pool grows. Recycling never fails, so a slot is dropped only when a `get` is cancelled
 //!    (or panics) while its slot is being made or recycled; the slot's index guard then gives
 //!    the index back. So there are never more than `slots` slots, never two with one uid, and
 //!    a permit always finds its index (at worst a moment later: `create` waits for it).
-//! 2. [`SlotManager::recycle`], on every `get`, makes sure the slot has a usable spare
+//! 2. `SlotManager::recycle`, on every `get`, makes sure the slot has a usable spare
 //!    ([`Keeper::keep`], `Warm::ensure_spare`: kept if alive and young, else prepared there
 //!    and then). Usually the refill that followed the slot's previous run put one there
 //!    already, off any job's path.
