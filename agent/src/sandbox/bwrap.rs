@@ -9,105 +9,37 @@
 //! ```
 //! bwrap exits with the program's status once the program exits; the init's exit tears the pid
 //! namespace down, killing every process left in it (daemons included). The shim (see
-//! `child::shim`) reaps bwrap and its init and reports their resource usage.
+//! `preexec::shim`) reaps bwrap and its init and reports their resource usage; `supervise`
+//! kills such a tree.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::process::Command;
 
 use warmpool_core::model::FileSpec;
 
-use super::outcome::Termination;
-use super::{child, seccomp, SandboxError};
+use super::error::SandboxError;
+use super::host::{self, MemFile, RootEntry, ENV, READ_ONLY, WORK_DIR};
+use super::launch::{Held, Launch, Launcher, Plan, Run, Spare};
+use super::preexec::Setup;
+use super::probe;
+use super::seccomp;
+use super::supervise::Tree;
 
-/// Directories the sandbox sees, all read-only. `/usr` holds every runtime of the catalog;
-/// `/etc/ld.so.cache` saves the dynamic loader a directory search; `/etc/alternatives` is
-/// where Debian points some `/usr/bin` names (absent entries are skipped by `--ro-bind-try`).
-const READ_ONLY: &[&str] = &["/usr"];
-const READ_ONLY_IF_PRESENT: &[&str] = &["/etc/ld.so.cache", "/etc/alternatives"];
-/// Top-level names that are links into `/usr` on a merged-usr host, directories otherwise.
-const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
-/// The only environment inside the sandbox.
-const ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/bin:/bin"),
-    ("HOME", "/work"),
-    ("LANG", "C.UTF-8"),
-    ("TMPDIR", "/tmp"),
-];
-const WORK_DIR: &str = "/work";
 /// Where a warm sandbox sees the agent binary that serves as its stub (see `warm`), read-only.
 pub(super) const STUB_PATH: &str = "/.warmpool-stub";
 
-/// bwrap and what it needs to know about this host, found once at start-up. Cloned into the
-/// warm pool's preparer (see `warm`).
-#[derive(Debug, Clone)]
+/// bwrap and what it needs to know about this host, found once at start-up and shared (behind
+/// the sandbox's `Launcher`) with the warm pool's preparer (see `warm`).
+#[derive(Debug)]
 pub(super) struct Bwrap {
     program: PathBuf,
-    /// How each of [`ROOT_LINKS`] that exists on the host appears in the sandbox.
+    /// How each of `host::ROOT_LINKS` that exists on the host appears in the sandbox.
     root: Vec<RootEntry>,
     /// The compiled seccomp filter (see `seccomp`), handed to each sandbox through a fresh
     /// memfd; `None` when seccomp is off.
     seccomp: Option<Vec<u8>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RootEntry {
-    /// A symlink on the host (`/lib64 -> usr/lib64`): the same symlink inside.
-    Symlink {
-        path: &'static str,
-        target: OsString,
-    },
-    /// A real directory on the host (split-usr): bound read-only.
-    Bind(&'static str),
-}
-
-/// One job file in a memfd: its content never touches the host's disk.
-pub(super) struct MemFile {
-    fd: OwnedFd,
-    name: String,
-}
-
-impl MemFile {
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-/// Writes each file into its own close-on-exec memfd, for `--file FD /work/NAME`.
-pub(super) fn memfds(files: &[FileSpec]) -> Result<Vec<MemFile>, SandboxError> {
-    files
-        .iter()
-        .map(|spec| {
-            let fd = memfd(c"warmpool-job-file", spec.content.as_bytes()).map_err(|source| {
-                SandboxError::Prepare {
-                    context: "writing a job file to a memfd",
-                    source,
-                }
-            })?;
-            Ok(MemFile {
-                fd,
-                name: spec.name.clone(),
-            })
-        })
-        .collect()
-}
-
-/// A close-on-exec memfd holding `content`, its offset at 0 (where bwrap starts reading).
-fn memfd(name: &std::ffi::CStr, content: &[u8]) -> io::Result<OwnedFd> {
-    // SAFETY: a NUL-terminated name and valid flags; returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    // Positional write: the offset stays at 0.
-    file.write_all_at(content, 0)?;
-    Ok(OwnedFd::from(file))
 }
 
 /// What one sandbox reads from inherited fds: the job's files and the seccomp filter. Kept
@@ -120,7 +52,7 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
-    /// The fds the child must inherit; every other is closed on exec (see `child::Setup`).
+    /// The fds the child must inherit; every other is closed on exec (see `preexec::Setup`).
     pub fn raw_fds(&self) -> Vec<RawFd> {
         self.files
             .iter()
@@ -134,25 +66,9 @@ impl Bwrap {
     /// Finds bwrap on PATH and reads the host's root layout; with `seccomp`, compiles the
     /// filter for this architecture (an error on one that has no syscall table).
     pub fn locate(seccomp: bool) -> Result<Self, SandboxError> {
-        let program = find_program("bwrap").ok_or(SandboxError::BwrapMissing)?;
-        let root = ROOT_LINKS
-            .iter()
-            .filter_map(|&path| {
-                let meta = std::fs::symlink_metadata(path).ok()?;
-                if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(path).ok()?;
-                    Some(RootEntry::Symlink {
-                        path,
-                        target: target.into_os_string(),
-                    })
-                } else if meta.is_dir() {
-                    Some(RootEntry::Bind(path))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let seccomp = match (seccomp, seccomp::native_program()) {
+        let program = host::find_program("bwrap").ok_or(SandboxError::BwrapMissing)?;
+        let root = host::root_layout();
+        let seccomp = match (seccomp, seccomp::bpf::native_program()) {
             (false, _) => None,
             (true, Some(program)) => Some(program.to_bytes()),
             (true, None) => {
@@ -182,14 +98,14 @@ impl Bwrap {
         let seccomp = self
             .seccomp
             .as_deref()
-            .map(|program| memfd(c"warmpool-seccomp", program))
+            .map(|program| host::memfd(c"warmpool-seccomp", program))
             .transpose()
             .map_err(|source| SandboxError::Prepare {
                 context: "writing the seccomp filter to a memfd",
                 source,
             })?;
         Ok(Inputs {
-            files: memfds(files)?,
+            files: host::memfds(files)?,
             seccomp,
         })
     }
@@ -206,28 +122,19 @@ impl Bwrap {
         command
     }
 
-    /// The command of a warm sandbox (see `warm`): the same sandbox, with `stub` (an fd on the
-    /// agent binary) bound read-only at [`STUB_PATH`] and run there in place of a program,
-    /// reading its job from the inherited `job_fd`. `inputs` holds no files: the stub writes
-    /// them.
-    pub fn stub_command(
-        &self,
-        stub: RawFd,
-        job_fd: RawFd,
-        inputs: &Inputs,
-        work_dir_mb: u64,
-    ) -> Command {
-        let argv = [
-            STUB_PATH.to_string(),
-            super::warm::STUB_COMMAND.to_string(),
-            job_fd.to_string(),
-        ];
+    /// The command of a warm sandbox (see `warm`): the same sandbox, with the spare's stub (an
+    /// fd on the agent binary) bound read-only at [`STUB_PATH`] and run there in place of a
+    /// program, reading its job from the inherited job pipe. `inputs` holds no files: the stub
+    /// writes them.
+    fn stub_command(&self, spare: &Spare, inputs: &Inputs) -> Command {
+        let [subcommand, job_fd] = spare.stub_args();
+        let argv = [STUB_PATH.to_string(), subcommand, job_fd];
         let mut command = Command::new(&self.program);
         command.env_clear().current_dir("/").args(self.args(
             &argv,
             inputs,
-            work_dir_mb,
-            Some(stub),
+            spare.work_dir_mb,
+            Some(spare.stub),
         ));
         command
     }
@@ -248,10 +155,13 @@ impl Bwrap {
         push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
         push(&["--hostname", "sandbox"]);
         for dir in READ_ONLY {
-            push(&["--ro-bind", dir, dir]);
-        }
-        for path in READ_ONLY_IF_PRESENT {
-            push(&["--ro-bind-try", path, path]);
+            // An optional path absent on this host is skipped by bwrap itself.
+            let bind = if dir.required {
+                "--ro-bind"
+            } else {
+                "--ro-bind-try"
+            };
+            push(&[bind, dir.path, dir.path]);
         }
         push(&["--proc", "/proc", "--dev", "/dev"]);
         push(&["--size", &size, "--tmpfs", "/tmp"]);
@@ -293,85 +203,55 @@ impl Bwrap {
     }
 }
 
-/// bwrap reports a program killed by signal N as exit status 128 + N (as shells do), so that
-/// is decoded back to the signal. A program that itself exits with 129..=192 is therefore
-/// reported as signalled: the price of bwrap's convention.
-pub(super) fn decode_status(status: libc::c_int) -> Termination {
-    match super::process::decode_status(status) {
-        Termination::Exited(code) if (129..=128 + 64).contains(&code) => {
-            Termination::Signaled(code - 128)
+impl Launcher for Bwrap {
+    fn cold(&self, plan: &Plan<'_>, run: &Run) -> Result<Launch, SandboxError> {
+        // Kept open until the child has read them (bwrap copies them before the program
+        // starts), then closed with the run.
+        let inputs = self.inputs(plan.files)?;
+        let command = self.command(&plan.argv, &inputs, run.work_dir_mb);
+        let setup = Setup::new(Some(run.uid), run.rlimits, inputs.raw_fds());
+        Ok(Launch {
+            command,
+            setup,
+            tree: Tree::Shimmed,
+            held: Box::new(inputs),
+        })
+    }
+
+    fn spare(&self, spare: &Spare) -> Result<Launch, SandboxError> {
+        let inputs = self.inputs(&[])?;
+        let command = self.stub_command(spare, &inputs);
+        let mut inherit = inputs.raw_fds();
+        inherit.extend([spare.stub, spare.job_fd]);
+        let setup = Setup::new(Some(spare.uid), spare.rlimits, inherit);
+        Ok(Launch {
+            command,
+            setup,
+            tree: Tree::Shimmed,
+            held: Box::new(inputs),
+        })
+    }
+
+    fn isolates(&self) -> bool {
+        true
+    }
+
+    fn check_probe(&self, probe_stdout: &str) -> Result<(), String> {
+        // The filter is in force (mode 2) under no_new_privs, as the program will run.
+        match self.seccomp() {
+            true => probe::check_seccomp_and_no_new_privs(probe_stdout, true),
+            false => Ok(()),
         }
-        other => other,
     }
 }
 
-/// Kills the sandbox under the reaper shim `shim`: SIGKILL to bwrap's init (pid 1 of the
-/// namespace: the kernel then kills everything inside) and to the outer bwrap. Not the process
-/// group, which holds the shim: the shim must live to reap them all and report their usage.
-/// `false` if neither was found (not started yet, or already gone): then kill the group.
-pub(super) fn kill_sandbox(shim: libc::pid_t) -> bool {
-    let Some(outer) = first_child(shim) else {
-        return false;
-    };
-    let killed_init = first_child(outer).is_some_and(|init| kill_child(outer, init));
-    kill_child(shim, outer) || killed_init
-}
-
-fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
-}
-
-/// SIGKILL to `pid` if it is (still) a child of `parent`, through a pidfd so that a pid that
-/// was recycled since it was read is never signalled.
-fn kill_child(parent: libc::pid_t, pid: libc::pid_t) -> bool {
-    let Ok(pidfd) = child::pidfd_open(pid) else {
-        return false;
-    };
-    // The pid was read before the pidfd was opened: if it is still parent's child now, the
-    // pidfd is that process.
-    if parent_of(pid) != Some(parent) {
-        return false;
-    }
-    // SAFETY: plain syscall on a pidfd we own.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    sent == 0
-}
-
-/// The parent pid from `/proc/PID/stat` (the field after the parenthesised command name).
-fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The first executable file named `name` on PATH (or the usual directories).
-pub(super) fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/bin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-pub(super) fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
+/// The memfds bwrap reads at its start; closed when the run is over.
+impl Held for Inputs {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn bwrap() -> Bwrap {
         Bwrap {
@@ -383,7 +263,7 @@ mod tests {
                 },
                 RootEntry::Bind("/lib64"),
             ],
-            seccomp: seccomp::native_program().map(|p| p.to_bytes()),
+            seccomp: seccomp::bpf::native_program().map(|p| p.to_bytes()),
         }
     }
 
@@ -487,15 +367,5 @@ mod tests {
         assert!(inputs.raw_fds().is_empty());
         let args = joined(&bwrap.args(&["/bin/true".into()], &inputs, 1, None));
         assert!(!args.contains("--seccomp"), "{args}");
-    }
-
-    #[test]
-    fn exit_statuses_past_128_are_bwraps_way_of_saying_signal() {
-        // Raw wait statuses: exited with code c is c << 8.
-        assert_eq!(decode_status(3 << 8), Termination::Exited(3));
-        assert_eq!(decode_status(137 << 8), Termination::Signaled(9));
-        assert_eq!(decode_status(128 << 8), Termination::Exited(128));
-        assert_eq!(decode_status(255 << 8), Termination::Exited(255));
-        assert_eq!(decode_status(libc::SIGKILL), Termination::Signaled(9));
     }
 }

@@ -20,7 +20,7 @@
 //! # Expected flow
 //! 1. [`Cgroups::create`] makes the execution's cgroup and writes its limits, before the fork.
 //! 2. The forked child writes `0` ("myself") to each `cgroup.procs` before it drops root and
-//!    before anything else is forked or exec'd (`child::Setup::apply`): every process of the
+//!    before anything else is forked or exec'd (`preexec::Setup`): every process of the
 //!    sandbox, the reaper shim and bwrap included, starts inside the cgroup, so there is no
 //!    window in which the program runs unlimited.
 //! 3. After the child was reaped, [`ExecCgroup::finish`] kills whatever is left in the cgroup,
@@ -51,13 +51,13 @@ use std::ffi::CString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::SandboxError;
+use super::error::SandboxError;
+use super::host;
 
 /// Whether executions run in per-execution cgroups (`WARMPOOL_SANDBOX_CGROUPS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -375,22 +375,13 @@ impl ExecCgroup {
             }
         }
         for pid in self.pids_in_cgroup() {
-            let Ok(pidfd) = super::child::pidfd_open(pid) else {
+            let Ok(pidfd) = host::pidfd_open(pid) else {
                 continue;
             };
             if !self.pids_in_cgroup().contains(&pid) {
                 continue;
             }
-            // SAFETY: plain syscall on a pidfd we own.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            host::pidfd_kill(&pidfd);
         }
     }
 

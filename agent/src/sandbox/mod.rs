@@ -49,43 +49,99 @@
 //! machines without user namespaces.
 //!
 //! # Layout
-//! - `bwrap`: the bubblewrap command line, and how to kill a bwrap sandbox cleanly.
-//! - `cgroup`: the per-execution cgroup (v1 or v2): probe, limits, counters, removal.
-//! - `process`: the unsandboxed development backend's working directory.
-//! - `child`: fork, rlimits and privilege drop, then supervising the child (deadline, output
-//!   caps, exit) and reaping it with its resource usage.
+//! One line per file, by layer; a file uses only files of lower-numbered layers (arrows:
+//! "uses"), so the graph is a DAG. No file uses this one (`mod.rs`), no backend uses another,
+//! and only this file names a backend: everything else reaches one through `launch::Launcher`.
+//! A unit test below (`each_file_uses_only_files_of_lower_layers`) holds every file to it.
+//!
+//! Layer 0, no other sandbox file:
+//! - `error`: [`SandboxError`], the one error of the sandbox's boundary, and its stable codes.
+//! - `rlimits`: the job's limits as `setrlimit` figures (and the process-count limits).
 //! - `output`: reading one stream through a capped buffer.
-//! - `outcome`: the pure mapping from what happened to an [`Outcome`].
 //! - `probe`: the start-up checks (is the sandbox isolated, which runtimes exist).
-//! - `seccomp`: the system-call policy and its compilation to the BPF program bwrap loads.
-//! - `nsjail`: the nsjail backend: its per-run configuration, its init, its log.
 //! - `leftovers`: what a dead agent left running as the slot uids, killed at start-up.
-//! - `slots`: the concurrency slots, a `deadpool` managed pool (one uid each, and its spare).
-//! - `warm`: the warm spares: one launched sandbox per slot, its stub, the hand-over.
+//! - `seccomp`: the system-call policy (`seccomp/mod.rs`), and its two renderers beside it:
+//!   `seccomp::bpf` (bwrap's filter, nsjail's architecture lock), `seccomp::kafel` (nsjail's
+//!   policy text); each renderer uses only the policy.
+//!
+//! Layer 1:
+//! - `host` → error: what both backends take from the host: the one read-only binds list,
+//!   the root links, the environment allow-list, PATH lookup, memfd, pipe and pidfd helpers.
+//! - `preexec` → rlimits: everything between fork and exec (async-signal-safe only), and the
+//!   reaper shim.
+//! - `outcome` → output, rlimits: what the supervisor observed ([`Outcome`]'s inputs), the one
+//!   status decoding, and the pure mapping to an [`Outcome`].
+//! - `stub` → rlimits: the warm sandbox's stub and the job message it reads.
+//! - `slots` → error: the concurrency slots, a `deadpool` managed pool (one uid each, and its
+//!   spare, kept by a `Keeper`).
+//!
+//! Layer 2:
+//! - `cgroup` → error, host: the per-execution cgroup (v1 or v2): probe, limits, counters,
+//!   removal.
+//! - `supervise` → error, host, outcome, output, preexec: spawning, then supervising the child
+//!   (deadline, output caps, exit), killing its tree, reaping it with its resource usage.
+//!
+//! Layer 3:
+//! - `launch` → cgroup, error, outcome, preexec, rlimits, stub, supervise: the `Launcher`
+//!   trait every backend implements, `launch::Plan`, and the one path that starts
+//!   and runs what a backend prepared.
+//!
+//! Layer 4:
+//! - `bwrap` → error, host, launch, preexec, probe, seccomp, supervise: the bubblewrap
+//!   backend: its command line.
+//! - `nsjail` → cgroup, error, host, launch, outcome, preexec, probe, rlimits, seccomp,
+//!   supervise: the nsjail backend: its per-run configuration, its init, its log.
+//! - `process` → error, host, launch, preexec, supervise: the unsandboxed development backend
+//!   and its working directory.
+//! - `warm` → cgroup, error, host, launch, outcome, rlimits, slots, stub: the warm spares: one
+//!   launched sandbox per slot, the hand-over.
+//!
+//! Layer 5:
+//! - `mod.rs` → all of the above: [`Sandbox`] (configuration, start-up, `execute`), the job
+//!   checks.
+//!
+//! The spine of that graph (every arrow drawn is an edge of the list above; the list has
+//! them all):
+//! ```text
+//! mod.rs ─┬─► bwrap ───┐
+//!         ├─► nsjail ──┼─► launch ─┬─► supervise ─┬─► preexec ─► rlimits
+//!         ├─► process ─┘     ▲     │              └─► outcome ─► output
+//!         └─► warm ──────────┘     ├─► stub ─► rlimits
+//!               └─► slots          └─► cgroup ─► host ─► error
+//! bwrap, nsjail ─► host, probe, seccomp ◄─ seccomp::bpf, seccomp::kafel
+//! ```
 
 mod bwrap;
 mod cgroup;
-mod child;
+mod error;
+mod host;
+mod launch;
 mod leftovers;
 mod nsjail;
 mod outcome;
 mod output;
+mod preexec;
 mod probe;
 mod process;
+mod rlimits;
 mod seccomp;
 mod slots;
+mod stub;
+mod supervise;
 mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use warmpool_core::model::{ExecutionResult, FileSpec, Job, LanguageInfo, Limits, Outcome};
+use warmpool_core::model::{ExecutionResult, Job, LanguageInfo, Outcome};
 use warmpool_core::runtimes::{self, RuntimeSpec, CATALOG};
 
 use crate::metadata::error_chain;
+use launch::{Launcher, Plan};
 
 pub use cgroup::{CgroupMode, CgroupProtections, CgroupVersion};
-pub use warm::{stub_main, STUB_COMMAND};
+pub use error::SandboxError;
+pub use stub::{stub_main, STUB_COMMAND};
 pub use warmpool_core::config::SandboxBackend;
 
 /// How this VM's sandboxes are set up.
@@ -141,86 +197,19 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Why the system could not run a job (as opposed to the job running and failing, which is an
-/// `Ok` [`ExecutionResult`]).
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("invalid sandbox configuration: {0}")]
-    Config(String),
-    #[error(
-        "bubblewrap (bwrap) was not found on PATH: install the `bubblewrap` package, or use the \
-         `process` backend for development only"
-    )]
-    BwrapMissing,
-    #[error(
-        "nsjail is not usable: {0} (install it: scripts/ensure-deps.sh, or the agent image; set \
-         WARMPOOL_SANDBOX_NSJAIL to its path; or use the bwrap backend)"
-    )]
-    NsjailUnavailable(String),
-    #[error("per-execution cgroups are unavailable: {0}")]
-    Cgroups(String),
-    #[error("the sandbox probe failed: {0}")]
-    ProbeFailed(String),
-    #[error("language {0:?} is not available on this VM")]
-    LanguageUnavailable(String),
-    #[error("invalid job: {0}")]
-    InvalidJob(String),
-    #[error("could not prepare the sandbox: {context}")]
-    Prepare {
-        context: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("could not start the sandbox")]
-    Spawn(#[source] std::io::Error),
-}
-
-impl SandboxError {
-    /// A short, stable code for metric labels and the execution's `error.code`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Config(_) => "invalid_config",
-            Self::BwrapMissing | Self::NsjailUnavailable(_) => "sandbox_unavailable",
-            Self::Cgroups(_) => "cgroups_unavailable",
-            Self::ProbeFailed(_) => "probe_failed",
-            Self::LanguageUnavailable(_) => "language_unavailable",
-            Self::InvalidJob(_) => "invalid_job",
-            Self::Prepare { .. } => "prepare_failed",
-            Self::Spawn(_) => "spawn_failed",
-        }
-    }
-}
-
 /// Runs jobs, each in a fresh sandbox, at most `slots` at once. Share it behind an `Arc`.
 pub struct Sandbox {
     cfg: SandboxConfig,
-    launcher: Launcher,
+    /// The backend, with what it found on the host at start-up: the only place that knows
+    /// which one runs (see `launch`).
+    launcher: Arc<dyn Launcher>,
     /// Where execution cgroups are made; `None` without cgroups.
     cgroups: Option<cgroup::Cgroups>,
-    slots: slots::Slots,
+    slots: slots::Slots<warm::Warm>,
     /// The warm spares, when on (see `warm`).
     warm: Option<Arc<warm::Warm>>,
     /// The catalog runtimes this VM can run, with the version each reported at start-up.
     available: Vec<(&'static RuntimeSpec, String)>,
-}
-
-/// The backend, with what it found on the host at start-up.
-enum Launcher {
-    Bwrap(bwrap::Bwrap),
-    Nsjail(nsjail::Nsjail),
-    Process,
-}
-
-/// One execution, backend-independent: what to run, with what, under which limits.
-struct Plan<'a> {
-    /// `argv[0]` is the absolute path of the program.
-    argv: Vec<String>,
-    files: &'a [FileSpec],
-    stdin: &'a [u8],
-    /// The job's limits, as asked.
-    limits: Limits,
-    /// Added to `memory_mb` for `RLIMIT_AS` when no memory cgroup bounds the execution.
-    address_space_extra_mb: u64,
 }
 
 impl Sandbox {
@@ -234,10 +223,10 @@ impl Sandbox {
         let cgroups = cgroup::probe(cfg.cgroups, &cfg.cgroup_fs, cfg.cpu_millis)?;
         // validate_config checked that uid_base + slots fits in a u32.
         leftovers::kill(cfg.uid_base..cfg.uid_base + cfg.slots as u32);
-        let launcher = match cfg.backend {
-            SandboxBackend::Bwrap => Launcher::Bwrap(bwrap::Bwrap::locate(cfg.seccomp)?),
+        let launcher: Arc<dyn Launcher> = match cfg.backend {
+            SandboxBackend::Bwrap => Arc::new(bwrap::Bwrap::locate(cfg.seccomp)?),
             SandboxBackend::Nsjail => {
-                Launcher::Nsjail(nsjail::Nsjail::locate(cfg.nsjail.as_deref(), cfg.seccomp)?)
+                Arc::new(nsjail::Nsjail::locate(cfg.nsjail.as_deref(), cfg.seccomp)?)
             }
             SandboxBackend::Process => {
                 tracing::warn!(
@@ -245,16 +234,11 @@ impl Sandbox {
                      read its files and reach its network). For development only, never with \
                      untrusted code."
                 );
-                Launcher::Process
+                Arc::new(process::Process)
             }
         };
-        let warm_launch = match &launcher {
-            Launcher::Bwrap(bwrap) => Some(warm::Launch::Bwrap(bwrap.clone())),
-            Launcher::Nsjail(nsjail) => Some(warm::Launch::Nsjail(nsjail.clone())),
-            Launcher::Process => None,
-        };
-        let warm = match (warm_launch, cfg.warm) {
-            (Some(launch), true) => {
+        let warm = match (launcher.isolates(), cfg.warm) {
+            (true, true) => {
                 let stub = match &cfg.stub {
                     Some(path) => path.clone(),
                     None => std::env::current_exe().map_err(|source| SandboxError::Prepare {
@@ -264,11 +248,11 @@ impl Sandbox {
                 };
                 let protections = cgroups.as_ref().map(cgroup::Cgroups::protections);
                 let preparer = warm::Preparer {
-                    launch,
+                    launcher: Arc::clone(&launcher),
                     cgroups: cgroups.clone(),
                     stub: warm::Preparer::open_stub(&stub)?,
                     work_dir_mb: cfg.work_dir_mb,
-                    rlimits: child::Rlimits::for_warm_launch(
+                    rlimits: rlimits::Rlimits::for_warm_launch(
                         cfg.work_dir_mb,
                         protections.is_some_and(|p| p.pids),
                     ),
@@ -298,7 +282,7 @@ impl Sandbox {
             warm,
             available: Vec::new(),
         };
-        if matches!(sandbox.launcher, Launcher::Bwrap(_) | Launcher::Nsjail(_)) {
+        if sandbox.launcher.isolates() {
             sandbox.probe_isolation().await?;
         }
         for spec in CATALOG {
@@ -414,8 +398,10 @@ impl Sandbox {
         result
     }
 
-    /// Takes a slot, makes the execution's cgroup, prepares the backend's command, then runs
-    /// and supervises it; with a cgroup, its counters replace the rusage figures.
+    /// Takes a slot, then runs the plan in its warm spare if it has one that can take it, else
+    /// cold: makes the execution's cgroup, has the backend prepare its launch, starts and
+    /// supervises it. One path for every backend (see `launch`); with a cgroup, its counters
+    /// replace the rusage figures.
     async fn execute(&self, plan: &Plan<'_>) -> Result<ExecutionResult, SandboxError> {
         let mut slot = self.slots.get().await?;
         let uid = slot.uid;
@@ -426,7 +412,7 @@ impl Sandbox {
                 .memory_mb
                 .saturating_add(plan.address_space_extra_mb)
         });
-        let rlimits = child::Rlimits::for_limits(
+        let rlimits = rlimits::Rlimits::for_limits(
             &plan.limits,
             self.cfg.work_dir_mb,
             address_space_mb,
@@ -436,20 +422,11 @@ impl Sandbox {
             Some(warm) => warm.take(&mut slot, &plan.limits).await,
             None => None,
         };
-        if let (Some(warm), Some(mut spare)) = (&self.warm, spare) {
+        if let Some(mut spare) = spare {
             match spare.begin(plan.limits.memory_mb) {
                 Ok(()) => {
                     let (finished, cgroup) = spare.run(plan, &rlimits).await?;
-                    let finished = with_cgroup_figures(finished, cgroup).await;
-                    // Only now: the run's sandbox and cgroup are gone, so the spare is the
-                    // uid's only.
-                    warm.refill(slot);
-                    return Ok(outcome::result(
-                        finished,
-                        bwrap::decode_status,
-                        &plan.limits,
-                        &rlimits,
-                    ));
+                    return Ok(self.conclude(finished, cgroup, slot, plan, &rlimits).await);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, memory_mb = plan.limits.memory_mb,
@@ -473,90 +450,43 @@ impl Sandbox {
             .as_ref()
             .map(cgroup::ExecCgroup::procs_files)
             .unwrap_or_default();
-        let (finished, decode, rlimits) = match &self.launcher {
-            Launcher::Bwrap(bwrap) => {
-                // Kept open until the child has read them (bwrap copies them before the
-                // program starts), then closed with `inputs` at the end of this arm.
-                let inputs = bwrap.inputs(plan.files)?;
-                let command = bwrap.command(&plan.argv, &inputs, self.cfg.work_dir_mb);
-                let inherit = inputs.raw_fds();
-                let mut setup = child::Setup::new(Some(uid), rlimits, inherit);
-                setup.cgroup_procs = cgroup_procs;
-                setup.usage_from_cgroup = usage_from_cgroup;
-                let finished =
-                    child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
-                        .await?;
-                (
-                    finished,
-                    bwrap::decode_status as fn(libc::c_int) -> outcome::Termination,
-                    rlimits,
-                )
-            }
-            Launcher::Nsjail(nsjail) => {
-                let (command, fds) = nsjail.prepare(
-                    &plan.argv,
-                    plan.files,
-                    uid,
-                    self.cfg.work_dir_mb,
-                    plan.limits.wall_time_ms,
-                )?;
-                let mut setup = child::Setup::new(Some(uid), rlimits, fds.inherit());
-                setup.chown_fd2 = false; // nsjail's log by then (see `nsjail`)
-                setup.cgroup_procs = cgroup_procs;
-                setup.usage_from_cgroup = usage_from_cgroup;
-                // Kind::Bwrap: the same tree (a launcher, then the namespace's init), killed
-                // and reaped the same way (see `nsjail`).
-                let mut finished =
-                    child::run(command, setup, child::Kind::Bwrap, plan.stdin, &plan.limits)
-                        .await?;
-                fds.finish(&mut finished);
-                (
-                    finished,
-                    bwrap::decode_status as fn(libc::c_int) -> outcome::Termination,
-                    rlimits,
-                )
-            }
-            Launcher::Process => {
-                // Dropping to the slot uid needs root. A developer running the agent as
-                // themselves keeps their uid, and then RLIMIT_NPROC would count all their own
-                // processes, so it is left out.
-                // SAFETY: geteuid cannot fail.
-                let credentials = (unsafe { libc::geteuid() } == 0).then_some(uid);
-                let rlimits = if credentials.is_some() {
-                    rlimits
-                } else {
-                    rlimits.without_nproc()
-                };
-                let dir = process::WorkDir::create(plan.files, credentials)?;
-                let command = dir.command(&plan.argv);
-                let mut setup = child::Setup::new(credentials, rlimits, Vec::new());
-                setup.cgroup_procs = cgroup_procs;
-                setup.usage_from_cgroup = usage_from_cgroup;
-                let finished = child::run(
-                    command,
-                    setup,
-                    child::Kind::Process,
-                    plan.stdin,
-                    &plan.limits,
-                )
-                .await?;
-                drop(dir);
-                (
-                    finished,
-                    process::decode_status as fn(libc::c_int) -> outcome::Termination,
-                    rlimits,
-                )
-            }
-        };
+        let launch = self.launcher.cold(
+            plan,
+            &launch::Run {
+                uid,
+                rlimits,
+                work_dir_mb: self.cfg.work_dir_mb,
+            },
+        )?;
+        // What the child sets (the process backend may leave RLIMIT_NPROC out).
+        let rlimits = launch.rlimits();
+        let finished = launch
+            .spawn(cgroup_procs, usage_from_cgroup)?
+            .run(None, plan.stdin, &plan.limits)
+            .await?;
+        Ok(self.conclude(finished, cgroup, slot, plan, &rlimits).await)
+    }
+
+    /// After a run, warm or cold: the cgroup's figures, the slot back (to its refill, when
+    /// warm: only now are the run's sandbox and cgroup gone, so the spare is the uid's only),
+    /// and the outcome.
+    async fn conclude(
+        &self,
+        finished: outcome::Finished,
+        cgroup: Option<cgroup::ExecCgroup>,
+        slot: slots::Slot<warm::Warm>,
+        plan: &Plan<'_>,
+        rlimits: &rlimits::Rlimits,
+    ) -> ExecutionResult {
         let finished = with_cgroup_figures(finished, cgroup).await;
         match &self.warm {
             Some(warm) => warm.refill(slot),
             None => drop(slot),
         }
-        Ok(outcome::result(finished, decode, &plan.limits, &rlimits))
+        outcome::result(finished, &plan.limits, rlimits)
     }
 
-    /// Proves the bwrap sandbox isolates before any job runs in it.
+    /// Proves the sandbox isolates before any job runs in it.
     async fn probe_isolation(&self) -> Result<(), SandboxError> {
         let plan = Plan {
             argv: probe::isolation_command(),
@@ -582,27 +512,15 @@ impl Sandbox {
         }
         let report = probe::parse_isolation(&result.stdout);
         let nproc = if self.cgroups().is_some_and(|p| p.pids) {
-            child::NPROC_BACKSTOP
+            rlimits::NPROC_BACKSTOP
         } else {
-            child::NPROC_LIMIT
+            rlimits::NPROC_LIMIT
         };
         report.check(nproc).map_err(SandboxError::ProbeFailed)?;
-        if let Launcher::Bwrap(bwrap) = &self.launcher {
-            // The filter is in force (mode 2) under no_new_privs, as the program will run.
-            if bwrap.seccomp() {
-                nsjail::check_isolation(&result.stdout, true).map_err(SandboxError::ProbeFailed)?;
-            }
-        }
-        if let Launcher::Nsjail(nsjail) = &self.launcher {
-            nsjail::check_isolation(&result.stdout, nsjail.seccomp())
-                .map_err(SandboxError::ProbeFailed)?;
-            tracing::info!(
-                nsjail = %nsjail.program().display(),
-                protections = %nsjail.protections(),
-                cgroups = ?self.cgroups(),
-                "sandbox protections in force"
-            );
-        }
+        self.launcher
+            .check_probe(&result.stdout)
+            .map_err(SandboxError::ProbeFailed)?;
+        self.launcher.log_protections(self.cgroups());
         tracing::info!(?report, "sandbox isolation probe passed");
         Ok(())
     }
@@ -640,9 +558,9 @@ impl Sandbox {
 /// The cgroup's counters in place of the rusage figures (exact, even for a killed sandbox),
 /// and whether it OOM-killed anything. The cgroup is emptied and removed on the way.
 async fn with_cgroup_figures(
-    mut finished: child::Finished,
+    mut finished: outcome::Finished,
     cgroup: Option<cgroup::ExecCgroup>,
-) -> child::Finished {
+) -> outcome::Finished {
     let Some(cgroup) = cgroup else {
         return finished;
     };
@@ -746,6 +664,8 @@ fn validate_job(job: &Job, work_dir_mb: u64) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+    use warmpool_core::model::FileSpec;
 
     #[test]
     fn configs_that_could_run_as_root_or_overflow_are_refused() {
@@ -818,5 +738,133 @@ mod tests {
         );
         job.files[0].name = "-c".into();
         assert_eq!(command_for(spec, &job)[4], "./-c");
+    }
+
+    /// Drift check: nsjail's binds and environment are bwrap's, read from bwrap's real command
+    /// line (where bwrap is installed). Both render `host`'s lists; this catches a renderer
+    /// that skips or adds one.
+    #[test]
+    fn binds_and_environment_match_bwraps() {
+        let bwrap = match bwrap::Bwrap::locate(false) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("SKIPPED binds_and_environment_match_bwraps: {e}");
+                return;
+            }
+        };
+        let inputs = bwrap.inputs(&[]).unwrap();
+        let command = bwrap.command(&["/bin/true".to_string()], &inputs, 1);
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut binds = Vec::new();
+        let mut env = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            match arg.as_str() {
+                "--ro-bind" => binds.push(args[i + 1].clone()),
+                "--ro-bind-try" if Path::new(&args[i + 1]).exists() => {
+                    binds.push(args[i + 1].clone())
+                }
+                "--setenv" => env.push(format!("{}={}", args[i + 1], args[i + 2])),
+                "--symlink" => binds.push(format!("{} -> {}", args[i + 2], args[i + 1])),
+                _ => {}
+            }
+        }
+        let config = nsjail::Nsjail::config_on_this_host(62_500, 64);
+        let mut ours_binds = Vec::new();
+        let mut ours_env = Vec::new();
+        for line in config.lines() {
+            let field = |name: &str| {
+                let start = line.find(&format!("{name}: \""))? + name.len() + 3;
+                let end = start + line[start..].find('"')?;
+                Some(line[start..end].to_string())
+            };
+            if line.contains("is_bind: true") && !line.contains("src: \"/dev/") {
+                ours_binds.push(field("src").unwrap());
+            } else if line.contains("is_symlink: true") && !line.contains("dst: \"/dev/") {
+                ours_binds.push(format!(
+                    "{} -> {}",
+                    field("dst").unwrap(),
+                    field("src").unwrap()
+                ));
+            } else if let Some(value) = line.strip_prefix("envar: ") {
+                ours_env.push(value.trim_matches('"').to_string());
+            }
+        }
+        binds.sort();
+        ours_binds.sort();
+        env.sort();
+        ours_env.sort();
+        assert_eq!(ours_binds, binds);
+        assert_eq!(ours_env, env);
+    }
+
+    /// The `# Layout` above, enforced: each file names (through `super::`) only files of a
+    /// lower layer, so the import graph stays a DAG and no backend reaches another.
+    #[test]
+    fn each_file_uses_only_files_of_lower_layers() {
+        const FILES: &[(&str, u8, &str)] = &[
+            ("error", 0, include_str!("error.rs")),
+            ("rlimits", 0, include_str!("rlimits.rs")),
+            ("output", 0, include_str!("output.rs")),
+            ("probe", 0, include_str!("probe.rs")),
+            ("leftovers", 0, include_str!("leftovers.rs")),
+            ("seccomp", 0, include_str!("seccomp/mod.rs")),
+            ("host", 1, include_str!("host.rs")),
+            ("preexec", 1, include_str!("preexec.rs")),
+            ("outcome", 1, include_str!("outcome.rs")),
+            ("stub", 1, include_str!("stub.rs")),
+            ("slots", 1, include_str!("slots.rs")),
+            ("cgroup", 2, include_str!("cgroup.rs")),
+            ("supervise", 2, include_str!("supervise.rs")),
+            ("launch", 3, include_str!("launch.rs")),
+            ("bwrap", 4, include_str!("bwrap.rs")),
+            ("nsjail", 4, include_str!("nsjail.rs")),
+            ("process", 4, include_str!("process.rs")),
+            ("warm", 4, include_str!("warm.rs")),
+        ];
+        let layer = |name: &str| FILES.iter().find(|f| f.0 == name).map(|f| f.1);
+        for &(file, own, source) in FILES {
+            // Only the file's own code: its unit tests may reach further (`use super::*`).
+            let code = source
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or(source);
+            // One line, comments left out: a `use super::{…}` group may span several.
+            let code = code
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            for (i, _) in code.match_indices("super::") {
+                let rest = &code[i + "super::".len()..];
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or("").split(',').collect(),
+                    None => vec![rest],
+                };
+                let context: String = rest.chars().take(60).collect();
+                for name in names {
+                    let name = name.trim();
+                    let end = name
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(name.len());
+                    let name = &name[..end];
+                    if file == "seccomp" || name.is_empty() || name == "self" {
+                        continue;
+                    }
+                    match layer(name) {
+                        Some(theirs) => assert!(
+                            theirs < own,
+                            "{file} (layer {own}) uses {name} (layer {theirs}): super::{context}"
+                        ),
+                        None => panic!(
+                            "{file} uses `super::{name}`, which is no sandbox file (the \
+                             sandbox's mod.rs is used by none): super::{context}"
+                        ),
+                    }
+                }
+            }
+        }
     }
 }

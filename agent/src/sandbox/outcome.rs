@@ -1,14 +1,66 @@
-//! From what happened to a program to its [`Outcome`]: a pure decision, tested by table.
+//! From what happened to a program to its [`Outcome`]: what the supervisor observed
+//! ([`Finished`]), how a reaped status reads ([`decode_status`], one convention per process
+//! tree, whatever the backend), and the decision itself, pure and tested by table.
+
+use std::time::Duration;
 
 use warmpool_core::model::{ExecutionResult, Limits, Outcome};
 
-use super::child::{Finished, Rlimits};
+use super::output::Captured;
+use super::rlimits::Rlimits;
 
 /// How the program's process ended, as the backend reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Termination {
     Exited(i32),
     Signaled(i32),
+}
+
+/// How the status the agent reaped tells the program's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StatusCoding {
+    /// A raw wait status, as the kernel reports a bare process (the process backend).
+    Wait,
+    /// An exit code where signal N reads as 128 + N, as shells say it: bwrap reports a program
+    /// killed by a signal that way, nsjail's loader does the same, and the reaper shim reports
+    /// a launcher it saw signalled so too. A program that itself exits with 129..=192 is
+    /// therefore reported as signalled: the price of that convention.
+    SignalAs128PlusN,
+}
+
+/// The program's end from a reaped status.
+pub(super) fn decode_status(status: libc::c_int, coding: StatusCoding) -> Termination {
+    let raw = if libc::WIFSIGNALED(status) {
+        Termination::Signaled(libc::WTERMSIG(status))
+    } else {
+        Termination::Exited(libc::WEXITSTATUS(status))
+    };
+    match (coding, raw) {
+        (StatusCoding::SignalAs128PlusN, Termination::Exited(code))
+            if (129..=128 + 64).contains(&code) =>
+        {
+            Termination::Signaled(code - 128)
+        }
+        _ => raw,
+    }
+}
+
+/// Everything the supervisor observed about one child.
+#[derive(Debug)]
+pub(super) struct Finished {
+    /// `None` when the child could not be reaped (then `internal_error` says why).
+    pub termination: Option<Termination>,
+    pub cpu_ms: u64,
+    pub memory_kb: u64,
+    pub wall: Duration,
+    /// Why we killed it, if we did.
+    pub stop: Option<Stop>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub internal_error: Option<String>,
+    /// The memory cgroup OOM-killed a process of the sandbox (set by the caller, which owns
+    /// the cgroup).
+    pub oom_killed: bool,
 }
 
 /// Why the supervisor killed the sandbox (the first reason wins).
@@ -85,14 +137,9 @@ pub(super) fn decide(f: Facts) -> Outcome {
 }
 
 /// The wire result of a finished child.
-pub(super) fn result(
-    finished: Finished,
-    decode: fn(libc::c_int) -> Termination,
-    limits: &Limits,
-    rlimits: &Rlimits,
-) -> ExecutionResult {
+pub(super) fn result(finished: Finished, limits: &Limits, rlimits: &Rlimits) -> ExecutionResult {
     let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
-    let termination = finished.termination(decode);
+    let termination = finished.termination;
     let (stdout, stdout_truncated) = finished.stdout.into_text(cap);
     let (stderr, stderr_truncated) = finished.stderr.into_text(cap);
     let outcome = decide(Facts {
@@ -303,5 +350,24 @@ mod tests {
         for (name, facts, want) in cases {
             assert_eq!(decide(facts), want, "{name}");
         }
+    }
+
+    #[test]
+    fn exit_statuses_past_128_are_bwraps_way_of_saying_signal() {
+        let decode = |status| decode_status(status, StatusCoding::SignalAs128PlusN);
+        // Raw wait statuses: exited with code c is c << 8.
+        assert_eq!(decode(3 << 8), Termination::Exited(3));
+        assert_eq!(decode(137 << 8), Termination::Signaled(9));
+        assert_eq!(decode(128 << 8), Termination::Exited(128));
+        assert_eq!(decode(255 << 8), Termination::Exited(255));
+        assert_eq!(decode(libc::SIGKILL), Termination::Signaled(9));
+    }
+
+    #[test]
+    fn a_bare_processs_wait_status_is_taken_as_it_is() {
+        let decode = |status| decode_status(status, StatusCoding::Wait);
+        assert_eq!(decode(3 << 8), Termination::Exited(3));
+        assert_eq!(decode(137 << 8), Termination::Exited(137));
+        assert_eq!(decode(libc::SIGSEGV), Termination::Signaled(libc::SIGSEGV));
     }
 }

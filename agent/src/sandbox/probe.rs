@@ -143,6 +143,41 @@ pub(super) fn parse_version(output: &str) -> Option<String> {
     })
 }
 
+/// What the isolation probe must show of the seccomp filter, as the program will run:
+/// no_new_privs, and with `seccomp` on the filter in force (mode 2). nsjail's probe checks it
+/// always, bwrap's with seccomp on (`/proc/self/status` is in the probe's output).
+pub(super) fn check_seccomp_and_no_new_privs(
+    probe_stdout: &str,
+    seccomp: bool,
+) -> Result<(), String> {
+    let field = |name: &str| {
+        probe_stdout.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let mut failures = Vec::new();
+    // 2: SECCOMP_MODE_FILTER.
+    if seccomp && field("Seccomp").as_deref() != Some("2") {
+        failures.push(format!(
+            "seccomp mode {:?}: must be 2 (filter)",
+            field("Seccomp")
+        ));
+    }
+    if field("NoNewPrivs").as_deref() != Some("1") {
+        failures.push(format!("no_new_privs {:?}: must be 1", field("NoNewPrivs")));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the sandbox does not isolate: {}",
+            failures.join("; ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +258,24 @@ Inter-|   Receive                                                |  Transmit
             let err = parse_isolation(&stdout).check(64).unwrap_err();
             assert!(err.contains(wanted), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn the_probe_must_see_seccomp_and_no_new_privs() {
+        let ok = "Name:\tsh\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t2\n";
+        assert_eq!(check_seccomp_and_no_new_privs(ok, true), Ok(()));
+        let err =
+            check_seccomp_and_no_new_privs("NoNewPrivs:\t0\nSeccomp:\t0\n", true).unwrap_err();
+        assert!(
+            err.contains("seccomp") && err.contains("no_new_privs"),
+            "{err}"
+        );
+        assert!(check_seccomp_and_no_new_privs("", true).is_err());
+        // Seccomp off: no filter expected, no_new_privs still.
+        assert_eq!(
+            check_seccomp_and_no_new_privs("NoNewPrivs:\t1\nSeccomp:\t0\n", false),
+            Ok(())
+        );
+        assert!(check_seccomp_and_no_new_privs("NoNewPrivs:\t0\nSeccomp:\t0\n", false).is_err());
     }
 }

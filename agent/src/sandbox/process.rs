@@ -11,8 +11,53 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use warmpool_core::model::FileSpec;
 
-use super::outcome::Termination;
-use super::SandboxError;
+use super::error::SandboxError;
+use super::host;
+use super::launch::{Held, Launch, Launcher, Plan, Run, Spare};
+use super::preexec::Setup;
+use super::supervise::Tree;
+
+/// The process backend: no sandbox, a bare process in its own directory.
+pub(super) struct Process;
+
+impl Launcher for Process {
+    fn cold(&self, plan: &Plan<'_>, run: &Run) -> Result<Launch, SandboxError> {
+        // Dropping to the slot uid needs root. A developer running the agent as themselves
+        // keeps their uid, and then RLIMIT_NPROC would count all their own processes, so it is
+        // left out.
+        // SAFETY: geteuid cannot fail.
+        let credentials = (unsafe { libc::geteuid() } == 0).then_some(run.uid);
+        let rlimits = if credentials.is_some() {
+            run.rlimits
+        } else {
+            run.rlimits.without_nproc()
+        };
+        let dir = WorkDir::create(plan.files, credentials)?;
+        let command = dir.command(&plan.argv);
+        Ok(Launch {
+            command,
+            setup: Setup::new(credentials, rlimits, Vec::new()),
+            tree: Tree::Bare,
+            // Removed once the run is over.
+            held: Box::new(dir),
+        })
+    }
+
+    fn spare(&self, _: &Spare) -> Result<Launch, SandboxError> {
+        Err(SandboxError::Config(
+            "the process backend has no sandbox to keep warm".into(),
+        ))
+    }
+
+    fn isolates(&self) -> bool {
+        false
+    }
+
+    /// Never probed: it isolates nothing.
+    fn check_probe(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 /// A fresh directory holding one execution's files, removed on drop.
 pub(super) struct WorkDir {
@@ -67,7 +112,8 @@ impl WorkDir {
         Err(last_error)
     }
 
-    /// `argv` run in this directory with the same allow-listed environment as under bwrap.
+    /// `argv` run in this directory with the sandboxes' allow-listed environment (`host::ENV`),
+    /// this directory standing in for their `/work` and `/tmp`.
     pub fn command(&self, argv: &[String]) -> Command {
         let (program, args) = argv
             .split_first()
@@ -77,27 +123,19 @@ impl WorkDir {
             .args(args)
             .current_dir(&self.path)
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
+            .envs(host::ENV.iter().copied())
             .env("HOME", &self.path)
-            .env("LANG", "C.UTF-8")
             .env("TMPDIR", &self.path);
         command
     }
 }
+
+impl Held for WorkDir {}
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove a work directory");
         }
-    }
-}
-
-/// A raw wait status as the process reported it.
-pub(super) fn decode_status(status: libc::c_int) -> Termination {
-    if libc::WIFSIGNALED(status) {
-        Termination::Signaled(libc::WTERMSIG(status))
-    } else {
-        Termination::Exited(libc::WEXITSTATUS(status))
     }
 }

@@ -6,7 +6,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use warmpool_testkit::wait::settled_blocking;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/startup.sh")
@@ -116,17 +118,15 @@ exit 0"#,
             .stderr(Stdio::piped())
             .spawn()
             .expect("run startup.sh");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("startup.sh did not end within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let status = settled_blocking(
+            Duration::from_secs(60),
+            || child.try_wait().expect("wait"),
+            Option::is_some,
+        );
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("startup.sh did not end within 60 s");
         };
         let out = child.wait_with_output().expect("output");
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));

@@ -12,13 +12,14 @@
 //! a non-root uid with only `lo` and a process limit.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use warmpool_core::model::Outcome;
 
 use crate::common::behaviour;
 use crate::common::{assert_isolated, bash, cgroups_of, job, leftovers_of, python, run};
 use warmpool_agent::sandbox::{CgroupMode, Sandbox, SandboxBackend, SandboxConfig};
+use warmpool_testkit::settled;
 
 /// One uid range per test (slots never exceed 4).
 mod uids {
@@ -408,11 +409,13 @@ async fn a_cancelled_run_leaves_no_process_and_no_cgroup_behind() {
     assert!(abandoned.is_err(), "the run should still have been going");
     sandbox.shutdown().await; // the warm spares: what is left must be of the run
     assert_eq!(leftovers_of(uids::CANCEL).await, Vec::<u32>::new());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !cgroups_of(uids::CANCEL).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(cgroups_of(uids::CANCEL), Vec::<PathBuf>::new());
+    let left = settled(
+        Duration::from_secs(3),
+        || async { cgroups_of(uids::CANCEL) },
+        Vec::is_empty,
+    )
+    .await;
+    assert_eq!(left, Vec::<PathBuf>::new());
     let result = run(&sandbox, &bash("echo next")).await;
     assert_eq!(result.stdout, "next\n", "{result:?}");
 }

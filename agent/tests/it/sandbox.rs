@@ -23,6 +23,7 @@ use crate::common::{
     run,
 };
 use warmpool_agent::sandbox::{CgroupMode, Sandbox, SandboxBackend, SandboxConfig};
+use warmpool_testkit::settled;
 
 /// One uid range per test (slots never exceed 4).
 mod uids {
@@ -323,11 +324,13 @@ async fn no_cgroup_is_left_after_runs_that_end_in_every_way() {
     job.limits.wall_time_ms = 60_000;
     let abandoned = tokio::time::timeout(Duration::from_millis(300), sandbox.run(&job)).await;
     assert!(abandoned.is_err(), "the run should still have been going");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !cgroups_of(uids::CLEANUP).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(cgroups_of(uids::CLEANUP), Vec::<std::path::PathBuf>::new());
+    let left = settled(
+        Duration::from_secs(3),
+        || async { cgroups_of(uids::CLEANUP) },
+        Vec::is_empty,
+    )
+    .await;
+    assert_eq!(left, Vec::<std::path::PathBuf>::new());
     assert_eq!(leftovers_of(uids::CLEANUP).await, Vec::<u32>::new());
 }
 
@@ -473,14 +476,13 @@ async fn a_spare_that_died_while_it_waited_is_replaced_at_its_job() {
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !spare.iter().all(dead) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(
-        spare.iter().all(dead),
-        "the spare's processes would not die"
-    );
+    let all_dead = settled(
+        Duration::from_secs(5),
+        || async { spare.iter().all(dead) },
+        |&all_dead| all_dead,
+    )
+    .await;
+    assert!(all_dead, "the spare's processes would not die");
     let mut job = python("import sys\nprint(sys.stdin.read(), sys.argv[1:])\n");
     job.stdin = "still".into();
     job.args = vec!["fine".into()];
@@ -568,16 +570,14 @@ async fn what_a_dead_agent_left_in_its_cgroups_is_killed_at_the_next_start() {
     // Where execution cgroups are made: seen beside a running one.
     let mut job = bash("sleep 2");
     job.limits.wall_time_ms = 3_000;
-    let (result, dirs) = tokio::join!(run(&sandbox, &job), async {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            let dirs = cgroups_of(uids::STALE);
-            if !dirs.is_empty() || Instant::now() > deadline {
-                return dirs;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let (result, dirs) = tokio::join!(
+        run(&sandbox, &job),
+        settled(
+            Duration::from_secs(2),
+            || async { cgroups_of(uids::STALE) },
+            |dirs| !dirs.is_empty(),
+        )
+    );
     assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
     let mut parents: Vec<_> = dirs.iter().filter_map(|d| d.parent()).collect();
     parents.sort();
@@ -601,14 +601,16 @@ async fn what_a_dead_agent_left_in_its_cgroups_is_killed_at_the_next_start() {
         std::fs::write(dir.join("cgroup.procs"), left.id().to_string()).unwrap();
     }
     let next = sandbox_with_cgroups(uids::STALE + 8, CgroupMode::Auto).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        match left.try_wait().unwrap() {
-            Some(status) => break Some(status),
-            None if Instant::now() > deadline => break None,
-            None => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    };
+    let status = settled(
+        Duration::from_secs(5),
+        || {
+            // Sampled here, not in the future: the future may not borrow `left`.
+            let status = left.try_wait().unwrap();
+            async move { status }
+        },
+        Option::is_some,
+    )
+    .await;
     if status.is_none() {
         let _ = left.kill();
         let _ = left.wait();
