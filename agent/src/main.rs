@@ -8,7 +8,7 @@ use clap::Parser;
 use warmpool_agent::metadata;
 
 fn main() -> ExitCode {
-    // Inside a warm sandbox (see `sandbox::warm`): before anything else, because the stub must
+    // Inside a warm sandbox (see `sandbox::warm` and `sandbox::stub`): before anything else, because the stub must
     // start no thread, read no setting and trust nothing but its pipe.
     let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
     if args

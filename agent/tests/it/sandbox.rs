@@ -520,10 +520,14 @@ async fn a_job_smaller_than_what_a_spare_holds_ends_as_it_would_cold() {
     if !cgroups_or_skip(&warm, "a 1 MiB job", |p| p.memory) {
         return;
     }
-    // 1 MiB is a valid limit (the API allows 1..=max), below what bwrap and the stub hold.
-    let mut job = bash("echo hi");
+    // 1 MiB is a valid limit (the API allows 1..=max), below what bwrap and the stub hold: the
+    // spare cannot take the job and it runs cold. A job that only just fits in 1 MiB ends one
+    // way or the other with what happens to be cached, so the job here needs far more: cold
+    // or through the warm sandbox's fallback, it must end `memory_limit`, never in an error.
+    let mut job = python("b = bytearray(64 << 20)\nprint(len(b))");
     job.limits.memory_mb = 1;
     let expected = run(&cold, &job).await;
+    assert_eq!(expected.outcome, Outcome::MemoryLimit, "cold: {expected:?}");
     let result = run(&warm, &job).await;
     assert_eq!(
         result.outcome, expected.outcome,
