@@ -13,22 +13,25 @@ use google_cloud_lro::Poller as _;
 use warmpool_fake_gce::{live_processes_in_groups, FakeGce, FakeGceConfig, InstanceStatus};
 
 /// Records its arguments and environment, then idles like an agent (with a child, as a real
-/// agent has sandboxes) until SIGTERM, which it also records.
+/// agent has sandboxes) until SIGTERM, which it also records. Its `args` file is the sign that
+/// it is up, so it is written last: once it exists, the trap is set and the child runs (a
+/// SIGTERM between the two would otherwise kill the shell unrecorded).
 const POLITE_AGENT: &str = r#"#!/bin/sh
 log="$AGENT_LOG_DIR/$$"
-env > "$log.env.tmp" && mv "$log.env.tmp" "$log.env"
-printf '%s\n' "$@" > "$log.args.tmp" && mv "$log.args.tmp" "$log.args"
 trap 'echo TERM > "$log.term"; kill $child 2>/dev/null; exit 0' TERM
+env > "$log.env.tmp" && mv "$log.env.tmp" "$log.env"
 sleep 300 &
 child=$!
+printf '%s\n' "$@" > "$log.args.tmp" && mv "$log.args.tmp" "$log.args"
 wait $child
 "#;
 
-/// Ignores SIGTERM (its child inherits that), so only the SIGKILL ends it.
+/// Ignores SIGTERM (its child inherits that), so only the SIGKILL ends it. Marks itself up
+/// once its child runs.
 const STUBBORN_AGENT: &str = r#"#!/bin/sh
 trap '' TERM
-echo started > "$AGENT_LOG_DIR/$$.args"
 sleep 300 &
+echo started > "$AGENT_LOG_DIR/$$.args"
 wait
 "#;
 
