@@ -5,7 +5,7 @@
 //! must still serve.
 //!
 //! One test per attack, each on its own pool, agent and uid range, so that the runner's summary
-//! gives the count: `cargo nextest run -p warmpool --test attacks` (after
+//! gives the count: `cargo nextest run -p warmpool --test it -- attacks::` (after
 //! `cargo build --workspace --bins`) ends with "N tests run: N passed", of which three test the
 //! "nothing left" check itself (`leftover_check::*`) and the rest are attacks tried /
 //! contained (the figure in `docs/BENCHMARKS.md`). Outcomes are those the agent must get with

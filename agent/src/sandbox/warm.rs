@@ -68,7 +68,7 @@
 //! - A spare holds its uid's processes (shim, bwrap, init, stub; under nsjail shim, nsjail,
 //!   init, stub): 4 of `RLIMIT_NPROC`'s 64, but only while its slot is idle (a spare is
 //!   prepared only once the slot's run ended).
-//! - An idle agent always has processes of its slot uids. `tests/attacks.rs`' "nothing left"
+//! - An idle agent always has processes of its slot uids. `tests/it/attacks.rs`' "nothing left"
 //!   check tells a spare from a leftover by its shape (a pid namespace holding exactly the
 //!   sandbox's init and a waiting stub, one per slot at most, plus the launchers leading to it).
 //! - The stub is the agent binary: the program can read it at `bwrap::STUB_PATH`. It holds no
