@@ -15,7 +15,8 @@
   ARGV[2] vm_id         the VM starting it
   ARGV[3] channel       pub/sub channel that wakes waiting replicas
 
-  Returns {'run', attempt, job JSON} | {'skip', state or 'gone'} | {'cancelled'} | {'dead'}
+  Returns {'run', attempt, job JSON, trace id or ''} | {'skip', state or 'gone'} | {'cancelled'}
+        | {'dead'}
 
   Errors: a game record that is not JSON fails the script (cjson) before it writes; an
   execution record without its retention fails it with CORRUPT, before it writes.
@@ -55,4 +56,4 @@ local attempt = redis.call('HINCRBY', exec_key, 'attempts', 1)
 redis.call('HSET', exec_key, 'state', 'running', 'vm', vm, 'started', now)
 redis.call('ZREM', queued, exec_id)
 redis.call('ZREM', game_queued, game_id .. ':' .. exec_id)
-return { 'run', attempt, redis.call('HGET', exec_key, 'job') }
+return { 'run', attempt, redis.call('HGET', exec_key, 'job'), redis.call('HGET', exec_key, 'trace') or '' }

@@ -31,6 +31,8 @@
   ARGV[8] retention_ms  how long the ended record and the idempotency key stay readable; kept in
                         the record, so whoever ends it (an agent too) keeps it that long
   ARGV[9] has_idem      '1' when KEYS[2] is a real idempotency key
+  ARGV[10] trace_id     the trace the request belongs to (32 hex digits): the agent's log lines
+                        of this execution carry it too
 
   Returns {'dup', execution_id}                 the idempotency key was seen: nothing written
         | {'moved', vm_id}                      the game is on another VM: retry with its stream
@@ -45,6 +47,7 @@ local k = { exec = KEYS[1], idem = KEYS[2], games = KEYS[3], free = KEYS[4], vm_
 local game_id, exec_id, job = ARGV[1], ARGV[2], ARGV[3]
 local queue_timeout_ms, ttl_ms, mode = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local expected_vm, retention_ms, has_idem = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
+local trace_id = ARGV[10]
 local now = now_ms()
 
 if has_idem then
@@ -69,7 +72,7 @@ touch_game(k, game_id, game, game.ttl or ttl_ms, now)
 
 redis.call('HSET', k.exec, 'game', game_id, 'epoch', game.epoch, 'state', 'queued',
   'created', now, 'deadline', now + queue_timeout_ms, 'job', job, 'attempts', 0,
-  'retention', retention_ms)
+  'retention', retention_ms, 'trace', trace_id)
 redis.call('ZADD', k.queued, now + queue_timeout_ms, exec_id)
 redis.call('ZADD', k.game_queued, 0, game_id .. ':' .. exec_id)
 if game.vm ~= '' then

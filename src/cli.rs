@@ -23,6 +23,8 @@ use warmpool_core::model::{Execution, ExecutionState, FileSpec};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: warmpool_core::telemetry::LogSettings,
 }
 
 #[derive(Subcommand)]
@@ -85,7 +87,10 @@ pub fn main() -> ExitCode {
         Command::Serve(config) | Command::Dev(config) => config.worker_threads,
         Command::Exec(_) | Command::Sim(_) | Command::Bench(_) | Command::Demo(_) => None,
     };
-    warmpool_core::telemetry::init_tracing();
+    if let Err(err) = warmpool_core::telemetry::init_tracing(&cli.log) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     warmpool_core::telemetry::block_on(worker_threads, async move {
         match cli.command {
             Command::Serve(config) => serve(*config).await.map(|()| ExitCode::SUCCESS),

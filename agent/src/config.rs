@@ -30,6 +30,8 @@ pub struct Cli {
     pub command: Option<AgentCommand>,
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub log: warmpool_core::telemetry::LogSettings,
 }
 
 #[derive(Subcommand, Debug)]

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
         }
     }
     let cli = warmpool_agent::config::Cli::parse();
-    warmpool_core::telemetry::init_tracing();
+    if let Err(err) = warmpool_core::telemetry::init_tracing(&cli.log) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     warmpool_core::telemetry::block_on(None, async move {
         warmpool_agent::worker::main(cli)
             .await

@@ -27,6 +27,7 @@ use fred::prelude::*;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use warmpool_core::model::{ErrorDetail, Job};
 use warmpool_core::store::executions::{self, Finish, Start};
@@ -208,15 +209,26 @@ pub async fn run(
             let sandbox = sandbox.clone();
             let vm_id = vm_id.clone();
             let stop = stop.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                if let Err(err) =
-                    handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, &stop)
-                        .await
-                {
-                    tracing::warn!(execution_id, error = %err, "execution not completed; it stays pending for this VM");
+            // One span per execution: its lines carry its id, and its request's trace id
+            // once `start` has read it from the record.
+            let span = tracing::info_span!(
+                "execution",
+                execution_id = %execution_id,
+                vm_id = %vm_id,
+                trace_id = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+            );
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    if let Err(err) =
+                        handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, &stop).await
+                    {
+                        tracing::warn!(error = %err, "execution not completed; it stays pending for this VM");
+                    }
                 }
-            });
+                .instrument(span),
+            );
         }
     }
 
@@ -364,7 +376,19 @@ async fn handle(
     stop: &Stop,
 ) -> anyhow::Result<()> {
     let (attempt, job_json) = match executions::start(store, vm_id, execution_id).await? {
-        Start::Run { attempt, job_json } => (attempt, job_json),
+        Start::Run {
+            attempt,
+            job_json,
+            trace_id,
+        } => {
+            let span = tracing::Span::current();
+            span.record("attempt", attempt);
+            if let Some(trace) = trace_id {
+                span.record("trace_id", trace.as_str());
+            }
+            tracing::debug!("execution started");
+            (attempt, job_json)
+        }
         Start::Skip => {
             executions::ack(store, vm_id, entry_id).await?;
             return Ok(());

@@ -11,7 +11,13 @@
 pub const ALLOWED_PREFIXES: [&str; 2] = ["WARMPOOL_AGENT_", "WARMPOOL_SANDBOX_"];
 /// The pool settings both sides follow are not here: the agent receives the placement when it
 /// registers (see `store::settings`), and each execution record carries its retention.
-pub const ALLOWED_KEYS: [&str; 3] = ["WARMPOOL_HEARTBEAT_INTERVAL_MS", "RUST_LOG", "WARMPOOL_LOG"];
+pub const ALLOWED_KEYS: [&str; 5] = [
+    "WARMPOOL_HEARTBEAT_INTERVAL_MS",
+    "RUST_LOG",
+    "WARMPOOL_LOG",
+    "WARMPOOL_LOG_FORMAT",
+    "WARMPOOL_LOG_PROJECT",
+];
 /// Match an allowed prefix, but the agent's bootstrap sets or reads them itself.
 pub const BOOTSTRAP_KEYS: [&str; 3] = [
     "WARMPOOL_AGENT_INSTANCE",

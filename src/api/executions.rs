@@ -6,11 +6,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 
 use super::games::{check_game_id, parse_json};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, TraceId};
 use warmpool_core::model::{Execution, ExecutionRequest, ExecutionState, Job};
 use warmpool_core::store::executions;
 use warmpool_core::{rules, runtimes};
@@ -132,11 +133,13 @@ fn respond(record: Execution) -> Response {
 
 pub(super) async fn submit(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceId>,
     Path(game_id): Path<String>,
     Query(query): Query<WaitQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_game_id(&game_id)?;
+    tracing::Span::current().record("game_id", game_id.as_str());
     let wait = parse_wait(&query)?;
     let req: ExecutionRequest = parse_json(&body)?;
     let idempotency_key = req.idempotency_key.clone();
@@ -151,8 +154,10 @@ pub(super) async fn submit(
         &execution_id,
         &job_json,
         idempotency_key.as_deref(),
+        &trace.0,
     )
     .await?;
+    tracing::Span::current().record("execution_id", submitted.execution_id.as_str());
     tracing::debug!(game_id, execution_id = %submitted.execution_id, duplicate = submitted.duplicate, "execution accepted");
     if !submitted.duplicate && submitted.vm_id.is_none() {
         // Its game waits for capacity: the leader sizes the pool now, not at its next tick.
@@ -211,6 +216,7 @@ pub(super) async fn get(
     if execution_id.len() != 32 || !execution_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(not_found());
     }
+    tracing::Span::current().record("execution_id", execution_id.as_str());
     let record = state
         .waiters
         .wait_final(&state.store, &execution_id, wait)

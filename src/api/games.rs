@@ -55,6 +55,7 @@ pub(super) async fn put_game(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_game_id(&game_id)?;
+    tracing::Span::current().record("game_id", game_id.as_str());
     let body: PutGameBody = if body.iter().all(u8::is_ascii_whitespace) {
         PutGameBody::default()
     } else {
@@ -95,6 +96,7 @@ pub(super) async fn get_game(
     Path(game_id): Path<String>,
 ) -> Result<Json<Game>, ApiError> {
     check_game_id(&game_id)?;
+    tracing::Span::current().record("game_id", game_id.as_str());
     games::get_game(&state.store, &game_id)
         .await?
         .map(Json)
@@ -106,6 +108,7 @@ pub(super) async fn delete_game(
     Path(game_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_game_id(&game_id)?;
+    tracing::Span::current().record("game_id", game_id.as_str());
     match state
         .config
         .leases()

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 pub use error::ApiError;
 
@@ -77,7 +78,37 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// The trace a request belongs to: its `X-Cloud-Trace-Context` or `traceparent` header's, or a
+/// new one. The execution it submits keeps it, so the agent's lines carry it too.
+#[derive(Debug, Clone)]
+pub struct TraceId(pub String);
+
+/// One span per request (method, route, trace id; handlers record the game and execution),
+/// around everything else.
+async fn trace_request(mut req: Request, next: Next) -> Response {
+    let trace = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        warmpool_core::telemetry::trace_id(header("x-cloud-trace-context"), header("traceparent"))
+            .unwrap_or_else(warmpool_core::telemetry::new_trace_id)
+    };
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        trace_id = %trace,
+        game_id = tracing::field::Empty,
+        execution_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(TraceId(trace));
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    span.in_scope(|| tracing::debug!("request answered"));
+    response
 }
 
 /// Accepts a request whose bearer token matches one of the configured tokens, comparing in

@@ -185,6 +185,10 @@ fn worker_threads_follow_the_setting() {
             Some(setting),
             "WARMPOOL_WORKER_THREADS={setting}: {line}"
         );
+        assert!(
+            !line.contains('\u{1b}'),
+            "no colour codes when stderr is not a terminal: {line:?}"
+        );
     }
 }
 

@@ -226,6 +226,10 @@ pub struct AgentOptions {
     /// Sandbox uids: hostile tests use their own range, so a fork bomb's process limit is not
     /// shared with other tests' sandboxes.
     pub uid_base: u32,
+    /// More environment, last (it overrides the above).
+    pub env: Vec<(&'static str, String)>,
+    /// Where its stderr (its log) goes; `None`: the test's.
+    pub log: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -236,12 +240,18 @@ impl Default for AgentOptions {
             boot_delay_ms: 0,
             sandbox: "bwrap",
             uid_base: 60_000,
+            env: Vec::new(),
+            log: None,
         }
     }
 }
 
 impl Agent {
     pub fn spawn(redis_url: &str, pool: &str, vm_id: &str, opts: AgentOptions) -> Agent {
+        let stderr = match &opts.log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("the agent's log file")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(agent_bin())
             .arg("--vm-id")
             .arg(vm_id)
@@ -256,7 +266,9 @@ impl Agent {
             .env("WARMPOOL_AGENT_SANDBOX", opts.sandbox)
             .env("WARMPOOL_HEARTBEAT_INTERVAL_MS", "200")
             .env("WARMPOOL_SANDBOX_UID_BASE", opts.uid_base.to_string())
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn the agent");
         Agent {

@@ -14,6 +14,7 @@ mod cli;
 mod control;
 mod e2e;
 mod gce;
+mod observability;
 mod reconciler;
 mod scripts;
 mod sim;

@@ -45,6 +45,8 @@ async fn ready_vm(store: &Store, vm: &str, capacity: u32) {
 }
 
 const TTL: Duration = Duration::from_secs(60);
+/// The trace id the executions here are submitted under.
+const TRACE: &str = "105445aa7843bc8bf206b12000100000";
 /// Queue timeout and retention of the executions here.
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -58,9 +60,17 @@ fn params(placement: Placement) -> SubmitParams {
 }
 
 async fn submit(store: &Store, game: &str, id: &str, idem: Option<&str>) -> Submitted {
-    executions::submit(store, params(Placement::LeastLoaded), game, id, "{}", idem)
-        .await
-        .unwrap()
+    executions::submit(
+        store,
+        params(Placement::LeastLoaded),
+        game,
+        id,
+        "{}",
+        idem,
+        TRACE,
+    )
+    .await
+    .unwrap()
 }
 
 fn ok_result() -> ExecutionResult {
@@ -683,7 +693,7 @@ async fn a_record_keeps_the_retention_it_was_accepted_with_and_one_without_is_re
     // Accepted by a replica whose results stay readable 90 s (not this test's minute).
     let mut short = params(Placement::LeastLoaded);
     short.retention = Duration::from_secs(90);
-    executions::submit(&s, short, "g", "e1", "{}", None)
+    executions::submit(&s, short, "g", "e1", "{}", None, TRACE)
         .await
         .unwrap();
     let entries = stream_entries(&s, "vm-a").await;

@@ -22,6 +22,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: warmpool_core::telemetry::LogSettings,
 }
 
 #[derive(Subcommand)]
@@ -35,7 +37,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    warmpool_core::telemetry::init_tracing();
+    if let Err(err) = warmpool_core::telemetry::init_tracing(&cli.log) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     warmpool_core::telemetry::block_on(None, async move {
         match cli.command {
             Command::Bench(args) => bench::run(args).await,

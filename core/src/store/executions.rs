@@ -55,6 +55,7 @@ pub async fn submit(
     execution_id: &str,
     job_json: &str,
     idempotency_key: Option<&str>,
+    trace_id: &str,
 ) -> StoreResult<Submitted> {
     let k = &store.keys;
     // The script must be handed the stream of the game's VM; start from what Redis says now and
@@ -96,6 +97,7 @@ pub async fn submit(
                     arg(expected.as_str()),
                     arg(ms(params.retention)),
                     arg(if idempotency_key.is_some() { "1" } else { "0" }),
+                    arg(trace_id),
                 ],
             )
             .await?;
@@ -231,7 +233,12 @@ pub async fn overdue(store: &Store, now_ms: u64, limit: i64) -> StoreResult<Vec<
 #[derive(Debug, PartialEq, Eq)]
 pub enum Start {
     /// Run it: this is attempt `attempt` of this job.
-    Run { attempt: i64, job_json: String },
+    Run {
+        attempt: i64,
+        job_json: String,
+        /// The trace of the request that submitted it (`None` for a record without one).
+        trace_id: Option<String>,
+    },
     /// Not to run (already ended, started elsewhere, or gone): acknowledge the entry.
     Skip,
     /// The pool declared this VM dead: stop taking work.
@@ -259,6 +266,7 @@ pub async fn start(store: &Store, vm_id: &str, execution_id: &str) -> StoreResul
         "run" => Start::Run {
             attempt: reply.int(1)?,
             job_json: reply.str(2)?,
+            trace_id: Some(reply.str(3)?).filter(|t| !t.is_empty()),
         },
         "dead" => Start::VmDead,
         _ => Start::Skip,
