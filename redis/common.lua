@@ -72,7 +72,8 @@ local function touch_game(k, game_id, game, ttl_ms, now)
 end
 
 -- Move a queued execution to a final state (expired, cancelled) and wake its waiters.
-local function end_queued(exec_key, queued, game_queued, exec_id, state, code, message, retention_ms, channel, now)
+local function end_queued(exec_key, queued, game_queued, exec_id, state, code, message, retention_ms, channel, now,
+    stats)
   local game_id = redis.call('HGET', exec_key, 'game')
   redis.call('HSET', exec_key, 'state', state, 'finished', now,
     'error', cjson.encode({ code = code, message = message }))
@@ -82,6 +83,7 @@ local function end_queued(exec_key, queued, game_queued, exec_id, state, code, m
     redis.call('ZREM', game_queued, game_id .. ':' .. exec_id)
   end
   redis.call('PUBLISH', channel, exec_id)
+  redis.call('HINCRBY', stats, 'c|executions|' .. state .. '|' .. code, 1)
 end
 
 -- Append `exec_id` to a pending game's backlog (its executions waiting for placement).
@@ -117,4 +119,29 @@ local function retention_of(exec_key)
     error({ err = 'CORRUPT the execution record ' .. exec_key .. ' has no retention' })
   end
   return ms
+end
+
+-- The pool's counters and histograms, in its stats hash (`{wp:P}:stats`), read by every
+-- replica's /metrics (warmpool_core::store::stats): pool-wide, whichever replica is scraped.
+-- Fields: 'c|NAME|LABEL|…' counters, 'h|NAME|LE' histogram buckets (not cumulative; LE one of
+-- BUCKETS_MS or 'inf') and 'h|NAME|sum' (ms).
+
+-- Histogram bucket bounds (ms) of every duration the pool counts; the one list (the Rust side
+-- reads it from this file).
+local BUCKETS_MS = { 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000 }
+
+local function count(stats, field, n)
+  redis.call('HINCRBY', stats, 'c|' .. field, n or 1)
+end
+
+local function observe(stats, name, ms)
+  local bucket = 'inf'
+  for _, le in ipairs(BUCKETS_MS) do
+    if ms <= le then
+      bucket = tostring(le)
+      break
+    end
+  end
+  redis.call('HINCRBY', stats, 'h|' .. name .. '|' .. bucket, 1)
+  redis.call('HINCRBY', stats, 'h|' .. name .. '|sum', math.floor(ms))
 end

@@ -163,6 +163,14 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
     if config.api_tokens.is_none() {
         config.api_tokens = Some("dev-token".into());
     }
+    if config.metrics_listen.is_none() {
+        // On in `dev`: a free loopback port, said where.
+        let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        config.metrics_listen = Some(free);
+    }
+    if let Some(addr) = config.metrics_listen {
+        eprintln!("metrics: http://{addr}/metrics");
+    }
     let mut own_redis = None;
     let redis_url = match config.redis_url.clone() {
         Some(url) => url,

@@ -51,6 +51,10 @@ pub struct Config {
     /// Address the REST API listens on.
     #[arg(long, env = "WARMPOOL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of `/metrics` (Prometheus text), a listener of its own; unset: none (`dev`
+    /// serves it on a free loopback port and prints where).
+    #[arg(long, env = "WARMPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Comma-separated bearer tokens accepted by /v1 (`dev` uses `dev-token` when unset).
     #[arg(long, env = "WARMPOOL_API_TOKENS", hide_env_values = true)]
     pub api_tokens: Option<String>,

@@ -8,6 +8,7 @@
 //! - [`pool`]: sizing formula, pure planner, leader, reconciler, providers.
 //! - [`gce`]: the Compute Engine provider.
 //! - [`waiters`]: wakes requests waiting for a result (pub/sub).
+//! - [`metrics`]: `/metrics`, the pool's figures from Redis and this replica's own.
 //! - [`server`]: one replica's composition root; [`config`]: its settings.
 //! - [`cli`]: the `warmpool` command (`serve`, `dev`, `exec`, `sim`).
 //! - [`sim`]: the trace simulator of the sizing policy.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod gce;
+pub mod metrics;
 pub mod pool;
 pub mod redis_server;
 pub mod routing;

@@ -13,7 +13,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, ProviderKind};
 use crate::pool::leader::Leadership;
 use crate::pool::local::{LocalProvider, LocalSettings};
-use crate::pool::provider::{NoProvider, Provider};
+use crate::pool::provider::{Counted, NoProvider, Provider};
 use crate::pool::reconciler::Reconciler;
 use crate::waiters::{self, Waiters};
 use warmpool_core::model::{ErrorDetail, ExecutionState};
@@ -30,6 +30,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    crate::metrics::install();
     let formula = config.formula()?;
     let settings = config.redis_settings(redis_url.clone());
     let store = Store::connect(&settings, &config.pool).await?;
@@ -72,6 +73,8 @@ pub async fn run(
         }
         ProviderKind::None => Arc::new(NoProvider),
     };
+    // Every call counted in the pool's stats, for /metrics.
+    let provider: Arc<dyn Provider> = Arc::new(Counted::new(provider, store.clone()));
     let tasks = TaskTracker::new();
     tasks.spawn(sweep_loop(state.clone(), shutdown.clone()));
     let replica_id = config.replica_id.clone().unwrap_or_else(|| {
@@ -94,6 +97,22 @@ pub async fn run(
     );
     tasks.spawn(reconciler.run(shutdown.clone()));
 
+    if let Some(addr) = config.metrics_listen {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding WARMPOOL_METRICS_LISTEN={addr}: {e}"))?;
+        tracing::info!(addr = %metrics.local_addr()?, "metrics at /metrics");
+        let stop = shutdown.clone();
+        let router = crate::metrics::router(store.clone());
+        tasks.spawn(async move {
+            let served = axum::serve(metrics, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(err) = served {
+                tracing::warn!(error = %err, "the metrics listener stopped");
+            }
+        });
+    }
     let app = api::router(state);
     tracing::info!(
         addr = %listener.local_addr()?,

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`config`]: its settings, parsed and validated before anything starts.
+//! - [`figures`]: what it measures for the pool's `/metrics`, sent with each heartbeat.
 //! - [`metadata`]: boot from Compute Engine instance metadata (`--from-metadata`), before the
 //!   runtime starts; the metadata server's token for the self-delete.
 //! - [`worker`]: registration, the pull loop, results.
@@ -13,6 +14,7 @@
 //! - [`sandbox`]: runs one job in a fresh sandbox (bwrap, nsjail, or the unsandboxed dev
 //!   backend).
 pub mod config;
+pub mod figures;
 pub mod lifecycle;
 pub mod metadata;
 pub mod sandbox;

@@ -52,6 +52,7 @@ use warmpool_core::model::VmState;
 use warmpool_core::store::vms::{self, Held};
 use warmpool_core::store::Store;
 
+use crate::figures::Figures;
 use crate::metadata::{self, Instance, Metadata};
 
 /// Why the agent's work loop ended.
@@ -140,15 +141,15 @@ impl Stop {
 /// [`ExitReason::Orphaned`] when no heartbeat succeeded for `orphan_after` since `last_ok` (the
 /// registration), even while a heartbeat call hangs, and as [`ExitReason::Unattended`] when
 /// the heartbeats found no leader and nothing running for `unattended_after` (`None`: never).
-pub async fn watch(
-    store: Store,
-    vm_id: String,
-    every: Duration,
-    orphan_after: Duration,
-    unattended_after: Option<Duration>,
-    mut last_ok: Instant,
-    stop: Stop,
-) {
+pub async fn watch(watch: Watch, mut last_ok: Instant, stop: Stop) {
+    let Watch {
+        store,
+        vm_id,
+        every,
+        orphan_after,
+        unattended_after,
+        figures,
+    } = watch;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unattended_since: Option<Instant> = None;
@@ -156,7 +157,12 @@ pub async fn watch(
         let orphaned_at = tokio::time::Instant::from_std(last_ok + orphan_after);
         let beat = async {
             tick.tick().await;
-            vms::heartbeat(&store, &vm_id).await
+            let sent = figures.take();
+            let beat = vms::heartbeat(&store, &vm_id, &sent).await;
+            if beat.is_err() {
+                figures.keep(sent);
+            }
+            beat
         };
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
@@ -199,6 +205,18 @@ pub async fn watch(
             ),
         }
     }
+}
+
+/// What [`watch`] heartbeats with, and when it gives up.
+pub struct Watch {
+    pub store: Store,
+    pub vm_id: String,
+    pub every: Duration,
+    pub orphan_after: Duration,
+    /// `None`: never unattended.
+    pub unattended_after: Option<Duration>,
+    /// What the heartbeats carry for the pool's `/metrics`.
+    pub figures: Arc<Figures>,
 }
 
 /// `WARMPOOL_AGENT_ON_EXIT`: what a retired or orphaned agent does to its VM.

@@ -36,6 +36,7 @@ use warmpool_core::store::vms::{self, Registration};
 use warmpool_core::store::{games, keys::GROUP, RedisSettings, Store};
 
 use crate::config::{AgentCommand, Cli, Settings};
+use crate::figures::Figures;
 use crate::lifecycle::{self, Exit, ExitReason, OnExit, Stop};
 use crate::sandbox::Sandbox;
 
@@ -146,17 +147,25 @@ pub async fn run(
         Err(err) => tracing::warn!(vm_id, error = %err, "placing pending games failed"),
     }
 
+    let slots = Arc::new(Semaphore::new(settings.slots as usize));
+    let figures = Arc::new(Figures::new(
+        slots.clone(),
+        settings.slots as usize,
+        sandbox.clone(),
+    ));
     let heartbeat = tokio::spawn(lifecycle::watch(
-        store.clone(),
-        vm_id.clone(),
-        settings.heartbeat_interval,
-        orphan_after,
-        unattended_after,
+        lifecycle::Watch {
+            store: store.clone(),
+            vm_id: vm_id.clone(),
+            every: settings.heartbeat_interval,
+            orphan_after,
+            unattended_after,
+            figures: figures.clone(),
+        },
         registered_at,
         stop.clone(),
     ));
 
-    let slots = Arc::new(Semaphore::new(settings.slots as usize));
     let tasks = TaskTracker::new();
     let queue = store.keys.queue(&vm_id);
     // "0": this consumer's unacknowledged entries first (left by a previous process).
@@ -207,6 +216,7 @@ pub async fn run(
             };
             let store = store.clone();
             let sandbox = sandbox.clone();
+            let figures = figures.clone();
             let vm_id = vm_id.clone();
             let stop = stop.clone();
             // One span per execution: its lines carry its id, and its request's trace id
@@ -222,7 +232,8 @@ pub async fn run(
                 async move {
                     let _permit = permit;
                     if let Err(err) =
-                        handle(&store, &sandbox, &vm_id, &execution_id, &entry_id, &stop).await
+                        handle(&store, &sandbox, &figures, &vm_id, &execution_id, &entry_id, &stop)
+                            .await
                     {
                         tracing::warn!(error = %err, "execution not completed; it stays pending for this VM");
                     }
@@ -370,6 +381,7 @@ async fn quit(store: &Store, reader: &fred::clients::Client) {
 async fn handle(
     store: &Store,
     sandbox: &Sandbox,
+    figures: &Figures,
     vm_id: &str,
     execution_id: &str,
     entry_id: &str,
@@ -398,9 +410,13 @@ async fn handle(
             return Ok(());
         }
     };
+    let started = Instant::now();
     let outcome = match serde_json::from_str::<Job>(&job_json) {
         Ok(job) => match sandbox.run(&job).await {
-            Ok(result) => Finish::Finished(result),
+            Ok(result) => {
+                figures.ran(&result, started.elapsed());
+                Finish::Finished(result)
+            }
             Err(err) => Finish::Failed(ErrorDetail {
                 code: err.kind().to_string(),
                 message: err.to_string(),

@@ -147,6 +147,7 @@ pub(super) async fn submit(
     let job = validate(&state, &game_id, &execution_id, req)?;
     let job_json = serde_json::to_string(&job)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let placing = std::time::Instant::now();
     let submitted = executions::submit(
         &state.store,
         state.config.submit_params(),
@@ -157,6 +158,7 @@ pub(super) async fn submit(
         &trace.0,
     )
     .await?;
+    crate::metrics::placement(placing.elapsed());
     tracing::Span::current().record("execution_id", submitted.execution_id.as_str());
     tracing::debug!(game_id, execution_id = %submitted.execution_id, duplicate = submitted.duplicate, "execution accepted");
     if !submitted.duplicate && submitted.vm_id.is_none() {

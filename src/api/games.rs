@@ -72,6 +72,7 @@ pub(super) async fn put_game(
             ))
         }
     };
+    let placing = std::time::Instant::now();
     let (game, created) = games::put_game(
         &state.store,
         &game_id,
@@ -80,6 +81,7 @@ pub(super) async fn put_game(
         state.config.placement,
     )
     .await?;
+    crate::metrics::placement(placing.elapsed());
     if game.state == GameState::Pending {
         state.request_reconcile().await;
     }

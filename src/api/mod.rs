@@ -105,7 +105,15 @@ async fn trace_request(mut req: Request, next: Next) -> Response {
         status = tracing::field::Empty,
     );
     req.extensions_mut().insert(TraceId(trace));
+    // The route pattern, never the path: bounded labels (no game or execution id).
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
+    crate::metrics::request(&route, response.status().as_u16(), started.elapsed());
     span.record("status", response.status().as_u16());
     span.in_scope(|| tracing::debug!("request answered"));
     response

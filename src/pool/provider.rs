@@ -130,3 +130,57 @@ impl Provider for NoProvider {
 mod async_trait_free {
     pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
+
+/// A provider whose every call is counted in the pool's stats (`provider_calls|OP|RESULT`,
+/// RESULT `ok` or the failure's kind), for `/metrics`.
+pub struct Counted {
+    inner: std::sync::Arc<dyn Provider>,
+    store: warmpool_core::store::Store,
+}
+
+impl Counted {
+    pub fn new(inner: std::sync::Arc<dyn Provider>, store: warmpool_core::store::Store) -> Self {
+        Counted { inner, store }
+    }
+
+    async fn count<T>(&self, op: &str, result: &Result<T, ProviderError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.as_str(),
+        };
+        let name = format!("provider_calls|{op}|{outcome}");
+        if let Err(err) = warmpool_core::store::stats::count(&self.store, &name, 1).await {
+            tracing::debug!(error = %err, "counting a provider call failed");
+        }
+    }
+}
+
+impl Provider for Counted {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let r = self.inner.create(spec).await;
+            self.count("create", &r).await;
+            r
+        })
+    }
+    fn delete<'a>(&'a self, vm_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let r = self.inner.delete(vm_id).await;
+            self.count("delete", &r).await;
+            r
+        })
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VmInstance>, ProviderError>> {
+        Box::pin(async move {
+            let r = self.inner.list().await;
+            self.count("list", &r).await;
+            r
+        })
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.inner.shutdown()
+    }
+}

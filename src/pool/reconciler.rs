@@ -346,6 +346,20 @@ impl Reconciler {
             control.last_scaling_at = Some(warmpool_core::model::rfc3339_ms(now));
             tracing::info!(reason = %planned.reason, actions = ?planned.actions, "reconcile");
         }
+        self.count("reconcile_passes", 1).await;
+        for action in &planned.actions {
+            let (kind, n) = match action {
+                Action::Create { count } => ("create", u64::from(*count)),
+                Action::Drain { .. } => ("drain", 1),
+                Action::Undrain { .. } => ("undrain", 1),
+                Action::Retire { .. } => ("retire", 1),
+                Action::Fail { .. } => ("fail", 1),
+                Action::Delete { .. } => ("delete", 1),
+            };
+            if n > 0 {
+                self.count(&format!("reconcile_actions|{kind}"), n).await;
+            }
+        }
         let mut moved_games = false;
         for action in &planned.actions {
             if self.leadership.token() != Some(token) {
@@ -364,6 +378,13 @@ impl Reconciler {
             games::place_pending(store, s.placement, None).await?;
         }
         control::write(store, &control, s.formula.text()).await
+    }
+
+    /// Adds to one of the pool's counters (for /metrics); a failure only costs the figure.
+    async fn count(&self, name: &str, n: u64) {
+        if let Err(err) = warmpool_core::store::stats::count(&self.store, name, n).await {
+            tracing::debug!(error = %err, name, "counting failed");
+        }
     }
 
     /// Carries out one action; `Ok(true)` when games went back to pending.

@@ -410,11 +410,17 @@ async fn a_dead_vm_cannot_register_or_start_work() {
         Start::VmDead
     );
     assert_eq!(
-        vms::heartbeat(&s, "vm-a").await.unwrap().held,
+        vms::heartbeat(&s, "vm-a", &Default::default())
+            .await
+            .unwrap()
+            .held,
         Held::State(VmState::Dead)
     );
     assert_eq!(
-        vms::heartbeat(&s, "vm-unknown").await.unwrap().held,
+        vms::heartbeat(&s, "vm-unknown", &Default::default())
+            .await
+            .unwrap()
+            .held,
         Held::Unknown
     );
 }
@@ -424,12 +430,19 @@ async fn a_heartbeat_tells_the_agent_whether_anybody_leads_the_pool() {
     let redis = RedisServer::start().unwrap();
     let s = store(&redis.url(), "hb-led").await;
     ready_vm(&s, "vm-a", 1).await;
-    let beat = vms::heartbeat(&s, "vm-a").await.unwrap();
+    let beat = vms::heartbeat(&s, "vm-a", &Default::default())
+        .await
+        .unwrap();
     assert_eq!(beat.held, Held::State(VmState::Ready));
     assert!(!beat.led, "no replica holds the lease yet");
     assert_eq!(beat.running, 0);
     lead(&s).await;
-    assert!(vms::heartbeat(&s, "vm-a").await.unwrap().led);
+    assert!(
+        vms::heartbeat(&s, "vm-a", &Default::default())
+            .await
+            .unwrap()
+            .led
+    );
 }
 
 #[tokio::test]

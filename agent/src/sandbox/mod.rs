@@ -328,6 +328,11 @@ impl Sandbox {
         self.cfg.uid_base..self.cfg.uid_base + self.cfg.slots as u32
     }
 
+    /// Warm spares waiting for a job now (0 when warm sandboxes are off).
+    pub fn spares_ready(&self) -> usize {
+        self.warm.as_ref().map_or(0, |w| w.ready())
+    }
+
     /// Whether runs start in warm spares (see `warm`).
     pub fn warm(&self) -> bool {
         self.warm.is_some()

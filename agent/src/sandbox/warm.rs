@@ -90,7 +90,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -284,6 +284,8 @@ pub(super) struct Warm {
     preparer: Preparer,
     closed: AtomicBool,
     refills: TaskTracker,
+    /// Spares in place in their slots now (a gauge the agent's heartbeat reports).
+    ready: AtomicUsize,
 }
 
 impl Warm {
@@ -292,7 +294,13 @@ impl Warm {
             preparer,
             closed: AtomicBool::new(false),
             refills: TaskTracker::new(),
+            ready: AtomicUsize::new(0),
         }
+    }
+
+    /// Spares in place now.
+    pub fn ready(&self) -> usize {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Leaves `slot` with a usable spare: its own if alive and younger than [`MAX_AGE`], else
@@ -305,6 +313,7 @@ impl Warm {
                 return;
             }
             Some(stale) => {
+                self.ready.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(
                     slot = slot.index,
                     "a spare sandbox died, aged out or is no longer wanted"
@@ -319,7 +328,10 @@ impl Warm {
         match self.preparer.prepare(slot.uid).await {
             // Checked again: a spare made across the shutdown would outlive it.
             Ok(spare) if self.closed.load(Ordering::Acquire) => spare.discard().await,
-            Ok(spare) => slot.spare = Some(spare),
+            Ok(spare) => {
+                slot.spare = Some(spare);
+                self.ready.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => tracing::warn!(
                 slot = slot.index,
                 error = %crate::metadata::error_chain(&e),
@@ -334,6 +346,7 @@ impl Warm {
     /// time past an nsjail spare's backstop; the spare is then discarded).
     pub async fn take(&self, slot: &mut SlotState<Prepared>, limits: &Limits) -> Option<Prepared> {
         let spare = slot.spare.take()?;
+        self.ready.fetch_sub(1, Ordering::Relaxed);
         if self.preparer.fits(limits) && spare.usable() {
             return Some(spare);
         }
@@ -362,6 +375,7 @@ impl Warm {
         self.refills.wait().await;
         for mut slot in slots.idle().await {
             if let Some(spare) = slot.spare.take() {
+                self.ready.fetch_sub(1, Ordering::Relaxed);
                 spare.discard().await;
             }
         }

@@ -200,6 +200,7 @@ pub async fn end_queued(
                 k.exec(execution_id),
                 k.queued.clone(),
                 k.game_queued.clone(),
+                k.stats.clone(),
             ],
             vec![
                 arg(execution_id),
@@ -258,6 +259,7 @@ pub async fn start(store: &Store, vm_id: &str, execution_id: &str) -> StoreResul
                 k.games.clone(),
                 k.vm_running.clone(),
                 k.vm_state.clone(),
+                k.stats.clone(),
             ],
             vec![arg(execution_id), arg(vm_id), arg(k.events.as_str())],
         )
@@ -312,7 +314,12 @@ pub async fn finish(
     let reply = store
         .call(
             &SCRIPTS.finish_execution,
-            vec![k.exec(execution_id), k.vm_running.clone(), k.queue(vm_id)],
+            vec![
+                k.exec(execution_id),
+                k.vm_running.clone(),
+                k.queue(vm_id),
+                k.stats.clone(),
+            ],
             vec![
                 arg(execution_id),
                 arg(vm_id),
@@ -382,6 +389,7 @@ pub async fn requeue_stream(store: &Store, vm_id: &str, p: RequeueParams) -> Sto
                         k.game_queued.clone(),
                         dead_queue.clone(),
                         k.queue(&expected),
+                        k.stats.clone(),
                     ],
                     vec![
                         arg(exec_id.as_str()),

@@ -11,6 +11,7 @@
 //! | `{wp:P}:vm:hb`              | ZSET   | vm_id → last heartbeat (ms, Redis clock) |
 //! | `{wp:P}:vm:info`            | HASH   | vm_id → JSON `{created, ready, languages, agent, secret}` |
 //! | `{wp:P}:vm:since`           | HASH   | vm_id → when it entered its state (ms) |
+//! | `{wp:P}:vm:agent`           | HASH   | vm_id → JSON `{busy, spares}`: its agent's gauges, from its heartbeats |
 //! | `{wp:P}:vm:seq`             | STRING | counter of VM ids (`POOL-N`) |
 //! | `{wp:P}:boots`              | LIST   | recent boot times create → Ready (ms), newest first, ≤ 20 |
 //! | `{wp:P}:leader`             | STRING | `replica_id|token`, expires after `WARMPOOL_LEADER_TTL_MS` |
@@ -18,6 +19,7 @@
 //! | `{wp:P}:ctl`                | HASH   | the reconciler's state: desired, reason, inputs, clocks |
 //! | `{wp:P}:reservations`       | HASH   | reservation_id → JSON reservation |
 //! | `{wp:P}:settings`           | HASH   | the pool settings every process follows: `placement` |
+//! | `{wp:P}:stats`              | HASH   | the pool's counters and histograms (`c|…`, `h|…`), read by /metrics |
 //! | `{wp:P}:free`               | ZSET   | Ready VMs with a free slot → games leased (placement reads it) |
 //! | `{wp:P}:games`              | HASH   | game_id → JSON `{vm, epoch, created, expires, ttl}` (`vm` empty: pending) |
 //! | `{wp:P}:pending`            | ZSET   | pending game_id → arrival sequence (FIFO) |
@@ -45,6 +47,7 @@ pub struct Keys {
     pub vm_hb: String,
     pub vm_info: String,
     pub vm_since: String,
+    pub vm_agent: String,
     pub vm_seq: String,
     pub boots: String,
     pub leader: String,
@@ -52,6 +55,7 @@ pub struct Keys {
     pub ctl: String,
     pub reservations: String,
     pub settings: String,
+    pub stats: String,
     pub free: String,
     pub games: String,
     pub pending: String,
@@ -75,6 +79,7 @@ impl Keys {
             vm_hb: k("vm:hb"),
             vm_info: k("vm:info"),
             vm_since: k("vm:since"),
+            vm_agent: k("vm:agent"),
             vm_seq: k("vm:seq"),
             boots: k("boots"),
             leader: k("leader"),
@@ -82,6 +87,7 @@ impl Keys {
             ctl: k("ctl"),
             reservations: k("reservations"),
             settings: k("settings"),
+            stats: k("stats"),
             free: k("free"),
             games: k("games"),
             pending: k("pending"),
@@ -138,6 +144,7 @@ mod tests {
             &keys.vm_hb,
             &keys.vm_info,
             &keys.vm_since,
+            &keys.vm_agent,
             &keys.vm_seq,
             &keys.boots,
             &keys.leader,
@@ -145,6 +152,7 @@ mod tests {
             &keys.ctl,
             &keys.reservations,
             &keys.settings,
+            &keys.stats,
             &keys.free,
             &keys.games,
             &keys.pending,

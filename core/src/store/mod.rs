@@ -13,6 +13,7 @@
 //! - [`leader`]: the leader lease and its fencing token.
 //! - [`reservations`]: announced bursts of games.
 //! - [`settings`]: the pool settings every process must agree on, published by the replicas.
+//! - [`stats`]: the pool-wide counters and histograms behind every replica's `/metrics`.
 //!
 //! # Guarantees
 //! - Data read back from Redis that is unknown or corrupt (a state this build does not know,
@@ -26,6 +27,7 @@ pub mod leader;
 pub mod reservations;
 pub mod scripts;
 pub mod settings;
+pub mod stats;
 pub mod vms;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +67,19 @@ pub fn corrupt_reads() -> u64 {
     CORRUPT_READS.load(Ordering::Relaxed)
 }
 
+/// Redis errors this process has met, by [`StoreError::kind`]: unavailable, internal.
+static UNAVAILABLE: AtomicU64 = AtomicU64::new(0);
+static INTERNAL: AtomicU64 = AtomicU64::new(0);
+
+/// `(kind, count)` of the Redis errors this process has met (unreadable records apart: see
+/// [`corrupt_reads`]).
+pub fn error_counts() -> [(&'static str, u64); 2] {
+    [
+        ("unavailable", UNAVAILABLE.load(Ordering::Relaxed)),
+        ("internal", INTERNAL.load(Ordering::Relaxed)),
+    ]
+}
+
 impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -94,6 +109,20 @@ impl From<fred::error::Error> for StoreError {
     /// loading, read-only or busy. Only an error Redis itself reports about the command (a
     /// script error, a wrong type) or a reply we cannot read is `Redis` (500: a bug).
     fn from(err: fred::error::Error) -> Self {
+        let store_error = Self::classify(err);
+        match &store_error {
+            StoreError::Unavailable(_) => &UNAVAILABLE,
+            StoreError::Redis(_) | StoreError::Reply { .. } => &INTERNAL,
+            // Counted where it is made.
+            StoreError::Corrupt { .. } => return store_error,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        store_error
+    }
+}
+
+impl StoreError {
+    fn classify(err: fred::error::Error) -> Self {
         use fred::error::ErrorKind;
         const TRANSIENT: [&str; 8] = [
             "LOADING",

@@ -82,6 +82,7 @@ pub async fn transition_with_secret(
                 k.games.clone(),
                 k.pending.clone(),
                 k.vm_seq.clone(),
+                k.vm_agent.clone(),
             ],
             vec![
                 arg(token.to_string()),
@@ -154,6 +155,7 @@ pub async fn register(
                 k.vm_since.clone(),
                 k.boots.clone(),
                 k.settings.clone(),
+                k.stats.clone(),
             ],
             vec![
                 arg(vm_id),
@@ -205,10 +207,28 @@ pub struct Beat {
     pub running: u64,
 }
 
-/// Records a heartbeat. A state this build does not know is an error (the heartbeat was
-/// written; the caller logs it).
-pub async fn heartbeat(store: &Store, vm_id: &str) -> StoreResult<Beat> {
+/// What an agent reports with a heartbeat: its gauges now, and what it counted since its last
+/// heartbeat that went through (the pool adds those to its counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentFigures {
+    /// Sandboxes running a job.
+    pub busy: u64,
+    /// Warm spare sandboxes waiting for a job.
+    pub spares: u64,
+    /// Programs the sandbox killed, by reason (`time_limit`, `memory_limit`, `output_limit`).
+    pub kills: std::collections::BTreeMap<String, u64>,
+    /// How long each run took to start its program (ms): the sandbox's own cost.
+    pub start_ms: Vec<u64>,
+}
+
+/// Records a heartbeat with the agent's `figures`. A state this build does not know is an
+/// error (the heartbeat was written; the caller logs it).
+pub async fn heartbeat(store: &Store, vm_id: &str, figures: &AgentFigures) -> StoreResult<Beat> {
     let k = &store.keys;
+    let figures = serde_json::to_string(figures).map_err(|e| StoreError::Reply {
+        script: SCRIPTS.heartbeat.name,
+        detail: format!("encoding the figures: {e}"),
+    })?;
     let reply = store
         .call(
             &SCRIPTS.heartbeat,
@@ -217,8 +237,10 @@ pub async fn heartbeat(store: &Store, vm_id: &str) -> StoreResult<Beat> {
                 k.vm_hb.clone(),
                 k.leader.clone(),
                 k.vm_running.clone(),
+                k.stats.clone(),
+                k.vm_agent.clone(),
             ],
-            vec![arg(vm_id)],
+            vec![arg(vm_id), arg(figures)],
         )
         .await?;
     let word = reply.str(0)?;
@@ -435,4 +457,20 @@ pub async fn language_versions(store: &Store) -> StoreResult<HashMap<String, Str
         }
     }
     Ok(versions)
+}
+
+/// Each VM's agent gauges as its last heartbeat left them: vm_id → (busy, spares).
+pub async fn agent_gauges(store: &Store) -> StoreResult<HashMap<String, (u64, u64)>> {
+    #[derive(serde::Deserialize)]
+    struct Gauges {
+        busy: u64,
+        spares: u64,
+    }
+    let all: HashMap<String, String> = store.client().hgetall(&store.keys.vm_agent).await?;
+    all.into_iter()
+        .map(|(vm, raw)| {
+            let g: Gauges = super::parse_record(&format!("agent gauges of VM {vm}"), &raw)?;
+            Ok((vm, (g.busy, g.spares)))
+        })
+        .collect()
 }

@@ -23,6 +23,7 @@
   KEYS[10] games       HASH game_id -> game JSON
   KEYS[11] pending     ZSET pending games (FIFO by epoch)
   KEYS[12] vm_seq      STRING counter of VM ids
+  KEYS[13] vm_agent    HASH vm_id -> the agent's gauges (forgotten with the VM)
 
   ARGV[1] token       the caller's fencing token
   ARGV[2] action
@@ -40,6 +41,7 @@
 local fence, vm_state, vm_cap, vm_games = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_running, vm_hb, vm_info, vm_since = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local free, games, pending, vm_seq = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local vm_agent = KEYS[13]
 local token, action, vm, extra = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
 
@@ -120,7 +122,7 @@ elseif action == 'retire' or action == 'fail' then
   return out
 elseif action == 'forget' then
   if state ~= 'dead' then return { 'skip', state } end
-  for _, h in ipairs({ vm_state, vm_cap, vm_games, vm_running, vm_info, vm_since }) do
+  for _, h in ipairs({ vm_state, vm_cap, vm_games, vm_running, vm_info, vm_since, vm_agent }) do
     redis.call('HDEL', h, vm)
   end
   redis.call('ZREM', vm_hb, vm)

@@ -18,6 +18,7 @@
   KEYS[9] vm_since    HASH vm_id -> when it entered its state (ms)
   KEYS[10] boots      LIST recent boot times (ms), newest first, at most 20
   KEYS[11] settings   HASH the pool settings (placement)
+  KEYS[12] stats      HASH the pool's counters: cold starts (create -> Ready)
 
   ARGV[1] vm_id
   ARGV[2] capacity        games this VM takes
@@ -35,7 +36,7 @@
 ]]
 local vm_state, vm_cap, vm_games, vm_running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vm_hb, vm_info, free, queue = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local vm_since, boots, settings = KEYS[9], KEYS[10], KEYS[11]
+local vm_since, boots, settings, stats = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local vm, capacity, languages, agent = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local secret, group = ARGV[5], ARGV[6]
 local now = now_ms()
@@ -58,6 +59,7 @@ info.created = info.created or now
 if before == 'provisioning' or before == 'booting' then
   redis.call('LPUSH', boots, now - info.created)
   redis.call('LTRIM', boots, 0, 19)
+  observe(stats, 'cold_start', now - info.created)
 end
 info.ready = now
 info.languages = cjson.decode(languages)

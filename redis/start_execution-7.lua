@@ -10,6 +10,7 @@
   KEYS[4] games        HASH game_id -> game JSON
   KEYS[5] vm_running   HASH vm_id -> running executions
   KEYS[6] vm_state     HASH vm_id -> state
+  KEYS[7] stats        HASH the pool's counters: cancelled executions, queue waits
 
   ARGV[1] execution_id
   ARGV[2] vm_id         the VM starting it
@@ -22,7 +23,7 @@
   execution record without its retention fails it with CORRUPT, before it writes.
 ]]
 local exec_key, queued, game_queued, games = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local vm_running, vm_state = KEYS[5], KEYS[6]
+local vm_running, vm_state, stats = KEYS[5], KEYS[6], KEYS[7]
 local exec_id, vm, channel = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 
@@ -45,7 +46,7 @@ if game_ended(games, game_id, epoch) then
     redis.call('HINCRBY', vm_running, vm, -1)
   end
   end_queued(exec_key, queued, game_queued, exec_id, 'cancelled', 'game_ended',
-    'the game was deleted or expired before the execution ran', retention_ms, channel, now)
+    'the game was deleted or expired before the execution ran', retention_ms, channel, now, stats)
   return { 'cancelled' }
 end
 
@@ -53,6 +54,9 @@ if not rerun then
   redis.call('HINCRBY', vm_running, vm, 1)
 end
 local attempt = redis.call('HINCRBY', exec_key, 'attempts', 1)
+if attempt == 1 then
+  observe(stats, 'queue_wait', now - tonumber(redis.call('HGET', exec_key, 'created') or now))
+end
 redis.call('HSET', exec_key, 'state', 'running', 'vm', vm, 'started', now)
 redis.call('ZREM', queued, exec_id)
 redis.call('ZREM', game_queued, game_id .. ':' .. exec_id)

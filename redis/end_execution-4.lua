@@ -6,6 +6,7 @@
   KEYS[1] exec         HASH the execution record
   KEYS[2] queued       ZSET execution_id -> queue deadline
   KEYS[3] game_queued  ZSET 'game_id:execution_id'
+  KEYS[4] stats        HASH the pool's counters
 
   ARGV[1] execution_id
   ARGV[2] state          'expired' | 'cancelled'
@@ -18,7 +19,7 @@
 
   Errors: an execution record without its retention fails it with CORRUPT, before it writes.
 ]]
-local exec_key, queued, game_queued = KEYS[1], KEYS[2], KEYS[3]
+local exec_key, queued, game_queued, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local exec_id, state, code, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local channel, only_if_due = ARGV[5], ARGV[6] == '1'
 local now = now_ms()
@@ -34,5 +35,5 @@ if only_if_due and tonumber(redis.call('HGET', exec_key, 'deadline') or '0') > n
   return 0
 end
 end_queued(exec_key, queued, game_queued, exec_id, state, code, message, retention_of(exec_key),
-  channel, now)
+  channel, now, stats)
 return 1

@@ -15,6 +15,7 @@
   KEYS[5] game_queued  ZSET 'game_id:execution_id'
   KEYS[6] dead_queue   STREAM of the dead VM
   KEYS[7] queue        STREAM of the VM the caller expects the game on (placeholder if none)
+  KEYS[8] stats        HASH the pool's counters
 
   ARGV[1] execution_id
   ARGV[2] entry_id          the entry on the dead stream
@@ -31,7 +32,7 @@
   writes; so does an execution record without its retention (CORRUPT).
 ]]
 local exec_key, games, backlog, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local game_queued, dead_queue, queue = KEYS[5], KEYS[6], KEYS[7]
+local game_queued, dead_queue, queue, stats = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local exec_id, entry_id, dead_vm, expected_vm = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, queue_timeout_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local channel, group = ARGV[7], ARGV[8]
@@ -51,6 +52,7 @@ if was_running and attempts >= max_attempts then
     message = 'the VM running it was lost ' .. attempts .. ' times (WARMPOOL_MAX_ATTEMPTS)' }))
   redis.call('PEXPIRE', exec_key, retention_ms)
   redis.call('PUBLISH', channel, exec_id)
+  count(stats, 'executions|failed|vm_lost')
   drop_entry(dead_queue, group, entry_id)
   return { 'failed' }
 end
@@ -58,7 +60,7 @@ end
 local ended, game = game_ended(games, game_id, epoch)
 if ended then
   end_queued(exec_key, queued, game_queued, exec_id, 'cancelled', 'game_ended',
-    'the game was deleted or expired before the execution ran', retention_ms, channel, now)
+    'the game was deleted or expired before the execution ran', retention_ms, channel, now, stats)
   drop_entry(dead_queue, group, entry_id)
   return { 'cancelled' }
 end

@@ -7,6 +7,7 @@
   KEYS[1] exec        HASH the execution record
   KEYS[2] vm_running  HASH vm_id -> running executions
   KEYS[3] queue       STREAM of this VM
+  KEYS[4] stats       HASH the pool's counters: executions by final state and outcome, run times
 
   ARGV[1] execution_id
   ARGV[2] vm_id
@@ -20,22 +21,30 @@
 
   Returns 1 when this call wrote the result, 0 when it was stale (nothing written).
 
-  Errors: an execution record without its retention fails it with CORRUPT (the entry was
-  acknowledged, the record is untouched).
+  Errors: an execution record without its retention fails it with CORRUPT, and a result or
+  error that is not JSON fails it (cjson): the entry was acknowledged, the record untouched.
 ]]
-local exec_key, vm_running, queue = KEYS[1], KEYS[2], KEYS[3]
+local exec_key, vm_running, queue, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local exec_id, vm, attempt, entry_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state, result, err = ARGV[5], ARGV[6], ARGV[7]
 local channel, group = ARGV[8], ARGV[9]
 
 drop_entry(queue, group, entry_id)
 
-local fields = redis.call('HMGET', exec_key, 'state', 'vm', 'attempts')
+local fields = redis.call('HMGET', exec_key, 'state', 'vm', 'attempts', 'started')
 if fields[1] ~= 'running' or fields[2] ~= vm or fields[3] ~= attempt then
   return 0
 end
 local retention_ms = retention_of(exec_key)
-redis.call('HSET', exec_key, 'state', state, 'finished', now_ms())
+-- The outcome (finished) or the error code (failed), for the counters: bounded sets.
+local kind
+if result ~= '' then
+  kind = cjson.decode(result).outcome
+else
+  kind = cjson.decode(err).code
+end
+local now = now_ms()
+redis.call('HSET', exec_key, 'state', state, 'finished', now)
 if result ~= '' then
   redis.call('HSET', exec_key, 'result', result)
 end
@@ -48,4 +57,6 @@ if running < 0 then
   redis.call('HSET', vm_running, vm, 0)
 end
 redis.call('PUBLISH', channel, exec_id)
+count(stats, 'executions|' .. state .. '|' .. tostring(kind))
+observe(stats, 'run_time', now - tonumber(fields[4] or now))
 return 1

@@ -6,23 +6,42 @@
   KEYS[2] vm_hb       ZSET vm_id -> last heartbeat (ms)
   KEYS[3] leader      STRING the leader lease (absent: no replica leads the pool)
   KEYS[4] vm_running  HASH vm_id -> running executions
+  KEYS[5] stats       HASH the pool's counters: sandbox kills by reason, sandbox start times
+  KEYS[6] vm_agent    HASH vm_id -> JSON {busy, spares}: the agent's gauges, summed by /metrics
 
   ARGV[1] vm_id
+  ARGV[2] figures JSON  {busy, spares, kills: {reason: n}, start_ms: [ms...]}: the gauges now,
+                        and the kills and sandbox start times since the last heartbeat that
+                        went through ('' for none); kept only for a VM the pool knows alive
 
   Returns {state, led, running} | {'unknown', led, running} (the pool has no record of the VM:
   no heartbeat is written then, nor for a dead VM); led is 1 while a leader lease exists.
 
-  Errors: none of its own.
+  Errors: figures that are not JSON fail the script (cjson) before it writes.
 ]]
 local vm_state, vm_hb, leader, vm_running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local vm = ARGV[1]
+local stats, vm_agent = KEYS[5], KEYS[6]
+local vm, figures = ARGV[1], ARGV[2]
 local led = redis.call('EXISTS', leader)
 local running = tonumber(redis.call('HGET', vm_running, vm) or '0')
 local state = redis.call('HGET', vm_state, vm)
+local f
+if figures ~= '' then
+  f = cjson.decode(figures)
+end
 if not state then
   return { 'unknown', led, running }
 end
 if state ~= 'dead' then
   redis.call('ZADD', vm_hb, now_ms(), vm)
+  if f then
+    redis.call('HSET', vm_agent, vm, cjson.encode({ busy = f.busy or 0, spares = f.spares or 0 }))
+    for reason, n in pairs(f.kills or {}) do
+      count(stats, 'sandbox_kills|' .. reason, n)
+    end
+    for _, ms in ipairs(f.start_ms or {}) do
+      observe(stats, 'sandbox_start', ms)
+    end
+  end
 end
 return { state, led, running }
