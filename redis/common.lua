@@ -145,3 +145,15 @@ local function observe(stats, name, ms)
   redis.call('HINCRBY', stats, 'h|' .. name .. '|' .. bucket, 1)
   redis.call('HINCRBY', stats, 'h|' .. name .. '|sum', math.floor(ms))
 end
+
+-- Whether an agent that presents `secret` may act as `vm`: the VM's record holds no secret
+-- (a VM started elsewhere and adopted), or holds this one. Every agent call that changes
+-- state proves it, so one VM cannot speak for another.
+local function proves(vm_info, vm, secret)
+  local raw = redis.call('HGET', vm_info, vm)
+  if not raw then
+    return true
+  end
+  local info = cjson.decode(raw)
+  return info.secret == nil or info.secret == secret
+end

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use warmpool_core::config::ConfigError;
 use warmpool_core::model::VmState;
+use warmpool_core::store::executions::AgentIdentity;
 use warmpool_core::store::vms::{self, Held};
 use warmpool_core::store::Store;
 
@@ -144,7 +145,7 @@ impl Stop {
 pub async fn watch(watch: Watch, mut last_ok: Instant, stop: Stop) {
     let Watch {
         store,
-        vm_id,
+        me,
         every,
         orphan_after,
         unattended_after,
@@ -158,7 +159,7 @@ pub async fn watch(watch: Watch, mut last_ok: Instant, stop: Stop) {
         let beat = async {
             tick.tick().await;
             let sent = figures.take();
-            let beat = vms::heartbeat(&store, &vm_id, &sent).await;
+            let beat = vms::heartbeat(&store, &me, &sent).await;
             if beat.is_err() {
                 figures.keep(sent);
             }
@@ -176,7 +177,7 @@ pub async fn watch(watch: Watch, mut last_ok: Instant, stop: Stop) {
                 return;
             }
             Ok(Ok(vms::Beat {
-                held: Held::State(VmState::Dead) | Held::Unknown,
+                held: Held::State(VmState::Dead) | Held::Unknown | Held::Refused,
                 ..
             })) => {
                 stop.end(ExitReason::Retired);
@@ -197,7 +198,7 @@ pub async fn watch(watch: Watch, mut last_ok: Instant, stop: Stop) {
                 }
             }
             Ok(Err(err)) => tracing::warn!(
-                vm_id,
+                vm_id = %me.vm_id,
                 error = %err,
                 silent_s = last_ok.elapsed().as_secs(),
                 orphan_after_s = orphan_after.as_secs(),
@@ -210,7 +211,8 @@ pub async fn watch(watch: Watch, mut last_ok: Instant, stop: Stop) {
 /// What [`watch`] heartbeats with, and when it gives up.
 pub struct Watch {
     pub store: Store,
-    pub vm_id: String,
+    /// Who the heartbeats speak for.
+    pub me: Arc<AgentIdentity>,
     pub every: Duration,
     pub orphan_after: Duration,
     /// `None`: never unattended.

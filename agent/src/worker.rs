@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use warmpool_core::model::{ErrorDetail, Job};
-use warmpool_core::store::executions::{self, Finish, Start};
+use warmpool_core::store::executions::{self, AgentIdentity, Finish, Recorded, Start};
 use warmpool_core::store::settings::PoolSettings;
 use warmpool_core::store::vms::{self, Registration};
 use warmpool_core::store::{games, keys::GROUP, RedisSettings, Store};
@@ -125,6 +125,11 @@ pub async fn run(
         }
     }
     let vm_id = settings.vm_id.clone();
+    // What this agent proves on every call that changes state.
+    let me = Arc::new(AgentIdentity {
+        vm_id: vm_id.clone(),
+        secret: settings.vm_secret.expose().to_string(),
+    });
     let Some(Registered {
         store,
         reader,
@@ -156,7 +161,7 @@ pub async fn run(
     let heartbeat = tokio::spawn(lifecycle::watch(
         lifecycle::Watch {
             store: store.clone(),
-            vm_id: vm_id.clone(),
+            me: me.clone(),
             every: settings.heartbeat_interval,
             orphan_after,
             unattended_after,
@@ -207,7 +212,7 @@ pub async fn run(
                 cursor = entry_id.clone();
             }
             let Some(execution_id) = fields.get("e").cloned() else {
-                let _ = executions::ack(&store, &vm_id, &entry_id).await;
+                let _ = executions::ack(&store, &me, &entry_id).await;
                 continue;
             };
             let permit = tokio::select! {
@@ -218,6 +223,7 @@ pub async fn run(
             let sandbox = sandbox.clone();
             let figures = figures.clone();
             let vm_id = vm_id.clone();
+            let me = me.clone();
             let stop = stop.clone();
             // One span per execution: its lines carry its id, and its request's trace id
             // once `start` has read it from the record.
@@ -232,7 +238,7 @@ pub async fn run(
                 async move {
                     let _permit = permit;
                     if let Err(err) =
-                        handle(&store, &sandbox, &figures, &vm_id, &execution_id, &entry_id, &stop)
+                        handle(&store, &sandbox, &figures, &me, &execution_id, &entry_id, &stop)
                             .await
                     {
                         tracing::warn!(error = %err, "execution not completed; it stays pending for this VM");
@@ -382,12 +388,12 @@ async fn handle(
     store: &Store,
     sandbox: &Sandbox,
     figures: &Figures,
-    vm_id: &str,
+    me: &AgentIdentity,
     execution_id: &str,
     entry_id: &str,
     stop: &Stop,
 ) -> anyhow::Result<()> {
-    let (attempt, job_json) = match executions::start(store, vm_id, execution_id).await? {
+    let (attempt, job_json) = match executions::start(store, me, execution_id).await? {
         Start::Run {
             attempt,
             job_json,
@@ -402,10 +408,17 @@ async fn handle(
             (attempt, job_json)
         }
         Start::Skip => {
-            executions::ack(store, vm_id, entry_id).await?;
+            executions::ack(store, me, entry_id).await?;
             return Ok(());
         }
         Start::VmDead => {
+            stop.end(ExitReason::Retired);
+            return Ok(());
+        }
+        Start::Refused => {
+            tracing::error!(
+                "the pool refused this VM's secret: this agent is not the VM it claims to be"
+            );
             stop.end(ExitReason::Retired);
             return Ok(());
         }
@@ -430,11 +443,17 @@ async fn handle(
     // The result must not be lost to a passing Redis error: retry for a while.
     let mut delay = Duration::from_millis(100);
     for _ in 0..20 {
-        match executions::finish(store, vm_id, execution_id, attempt, entry_id, &outcome).await {
-            Ok(written) => {
-                if !written {
-                    tracing::info!(execution_id, attempt, "stale result discarded");
-                }
+        match executions::finish(store, me, execution_id, attempt, entry_id, &outcome).await {
+            Ok(Recorded::Written) => return Ok(()),
+            Ok(Recorded::Stale) => {
+                tracing::info!(execution_id, attempt, "stale result discarded");
+                return Ok(());
+            }
+            Ok(Recorded::Refused) => {
+                tracing::error!(
+                    "the pool refused this VM's secret: this agent is not the VM it claims to be"
+                );
+                stop.end(ExitReason::Retired);
                 return Ok(());
             }
             Err(err) => {

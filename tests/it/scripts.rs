@@ -7,7 +7,9 @@ use crate::common::*;
 use warmpool_core::model::{
     ErrorDetail, ExecutionResult, ExecutionState, GameState, Outcome, VmState,
 };
-use warmpool_core::store::executions::{self, Finish, Start, SubmitParams, Submitted};
+use warmpool_core::store::executions::{
+    self, AgentIdentity, Finish, Recorded, Start, SubmitParams, Submitted,
+};
 use warmpool_core::store::games::{self, Deleted, Placement};
 use warmpool_core::store::vms::{self, Held, Registration};
 use warmpool_core::store::Store;
@@ -29,6 +31,14 @@ async fn lead(store: &Store) -> u64 {
 /// The VM a game is leased to (`None`: pending).
 async fn vm_of(store: &Store, game: &str) -> Option<String> {
     games::get_game(store, game).await.unwrap().unwrap().vm_id
+}
+
+/// The agent of `vm`, as a VM with no secret presents itself.
+fn agent(vm: &str) -> AgentIdentity {
+    AgentIdentity {
+        vm_id: vm.into(),
+        secret: String::new(),
+    }
 }
 
 /// Registers `vm` Ready with nothing leased to it (the pool's settings published first, as a
@@ -260,38 +270,44 @@ async fn a_result_is_written_once_and_a_stale_attempt_is_rejected() {
     submit(&s, "g", "e1", None).await;
     let (entry, _) = stream_entries(&s, "vm-a").await.remove(0);
 
-    let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "e1").await.unwrap() else {
+    let Start::Run { attempt, .. } = executions::start(&s, &agent("vm-a"), "e1").await.unwrap()
+    else {
         panic!("a queued execution starts");
     };
     assert_eq!(attempt, 1);
     // Re-delivery to the same VM (an agent restart) is a new attempt; the old one is stale.
     let Start::Run {
         attempt: second, ..
-    } = executions::start(&s, "vm-a", "e1").await.unwrap()
+    } = executions::start(&s, &agent("vm-a"), "e1").await.unwrap()
     else {
         panic!("re-delivery on the same VM runs again");
     };
     assert_eq!(second, 2);
     // Another VM cannot take a running execution.
     assert_eq!(
-        executions::start(&s, "vm-b", "e1").await.unwrap(),
+        executions::start(&s, &agent("vm-b"), "e1").await.unwrap(),
         Start::Skip
     );
 
     let result = Finish::Finished(ok_result());
     assert!(
-        !executions::finish(&s, "vm-a", "e1", 1, &entry, &result)
+        executions::finish(&s, &agent("vm-a"), "e1", 1, &entry, &result)
             .await
-            .unwrap(),
+            .unwrap()
+            == Recorded::Stale,
         "stale attempt"
     );
-    assert!(executions::finish(&s, "vm-a", "e1", 2, &entry, &result)
-        .await
-        .unwrap());
-    assert!(
-        !executions::finish(&s, "vm-a", "e1", 2, &entry, &result)
+    assert_eq!(
+        executions::finish(&s, &agent("vm-a"), "e1", 2, &entry, &result)
             .await
             .unwrap(),
+        Recorded::Written
+    );
+    assert!(
+        executions::finish(&s, &agent("vm-a"), "e1", 2, &entry, &result)
+            .await
+            .unwrap()
+            == Recorded::Stale,
         "no second result"
     );
 
@@ -341,7 +357,7 @@ async fn deleting_a_game_frees_its_slot_and_returns_its_queue() {
 
     // An execution of the deleted game still on the stream is cancelled when the agent reaches it.
     assert_eq!(
-        executions::start(&s, "vm-a", "e1").await.unwrap(),
+        executions::start(&s, &agent("vm-a"), "e1").await.unwrap(),
         Start::Skip
     );
     let e1 = executions::get(&s, "e1").await.unwrap().unwrap();
@@ -384,7 +400,7 @@ async fn only_queued_executions_end_expired_and_only_when_due() {
         .await
         .unwrap();
     assert_eq!(
-        executions::start(&s, "vm-a", "e1").await.unwrap(),
+        executions::start(&s, &agent("vm-a"), "e1").await.unwrap(),
         Start::Skip
     );
 }
@@ -406,18 +422,18 @@ async fn a_dead_vm_cannot_register_or_start_work() {
         Registration::Dead
     );
     assert_eq!(
-        executions::start(&s, "vm-a", "e1").await.unwrap(),
+        executions::start(&s, &agent("vm-a"), "e1").await.unwrap(),
         Start::VmDead
     );
     assert_eq!(
-        vms::heartbeat(&s, "vm-a", &Default::default())
+        vms::heartbeat(&s, &agent("vm-a"), &Default::default())
             .await
             .unwrap()
             .held,
         Held::State(VmState::Dead)
     );
     assert_eq!(
-        vms::heartbeat(&s, "vm-unknown", &Default::default())
+        vms::heartbeat(&s, &agent("vm-unknown"), &Default::default())
             .await
             .unwrap()
             .held,
@@ -430,7 +446,7 @@ async fn a_heartbeat_tells_the_agent_whether_anybody_leads_the_pool() {
     let redis = RedisServer::start().unwrap();
     let s = store(&redis.url(), "hb-led").await;
     ready_vm(&s, "vm-a", 1).await;
-    let beat = vms::heartbeat(&s, "vm-a", &Default::default())
+    let beat = vms::heartbeat(&s, &agent("vm-a"), &Default::default())
         .await
         .unwrap();
     assert_eq!(beat.held, Held::State(VmState::Ready));
@@ -438,7 +454,7 @@ async fn a_heartbeat_tells_the_agent_whether_anybody_leads_the_pool() {
     assert_eq!(beat.running, 0);
     lead(&s).await;
     assert!(
-        vms::heartbeat(&s, "vm-a", &Default::default())
+        vms::heartbeat(&s, &agent("vm-a"), &Default::default())
             .await
             .unwrap()
             .led
@@ -568,7 +584,9 @@ mod control {
         submit(&s, "g", "running-1", None).await;
         submit(&s, "g", "queued-1", None).await;
         let entries = stream_entries(&s, "vm-a").await;
-        let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "running-1").await.unwrap()
+        let Start::Run { attempt, .. } = executions::start(&s, &agent("vm-a"), "running-1")
+            .await
+            .unwrap()
         else {
             panic!("starts");
         };
@@ -595,9 +613,17 @@ mod control {
         // The dead VM's late result is rejected.
         let late = Finish::Finished(ok_result());
         assert!(
-            !executions::finish(&s, "vm-a", "running-1", attempt, &entries[0].0, &late)
-                .await
-                .unwrap()
+            executions::finish(
+                &s,
+                &agent("vm-a"),
+                "running-1",
+                attempt,
+                &entries[0].0,
+                &late
+            )
+            .await
+            .unwrap()
+                == Recorded::Stale
         );
         // A new VM takes the game and both executions, in order.
         ready_vm(&s, "vm-b", 4).await;
@@ -613,7 +639,9 @@ mod control {
         // It dies mid-run too: that is the second delivery, the limit: failed, vm_lost.
         let Start::Run {
             attempt: second, ..
-        } = executions::start(&s, "vm-b", "running-1").await.unwrap()
+        } = executions::start(&s, &agent("vm-b"), "running-1")
+            .await
+            .unwrap()
         else {
             panic!("starts again");
         };
@@ -710,15 +738,17 @@ async fn a_record_keeps_the_retention_it_was_accepted_with_and_one_without_is_re
         .await
         .unwrap();
     let entries = stream_entries(&s, "vm-a").await;
-    let Start::Run { attempt, .. } = executions::start(&s, "vm-a", "e1").await.unwrap() else {
+    let Start::Run { attempt, .. } = executions::start(&s, &agent("vm-a"), "e1").await.unwrap()
+    else {
         panic!("starts");
     };
     // The agent that ends it knows nothing of retention: the record's own applies.
     let done = Finish::Finished(ok_result());
-    assert!(
-        executions::finish(&s, "vm-a", "e1", attempt, &entries[0].0, &done)
+    assert_eq!(
+        executions::finish(&s, &agent("vm-a"), "e1", attempt, &entries[0].0, &done)
             .await
-            .unwrap()
+            .unwrap(),
+        Recorded::Written
     );
     let ttl_ms: i64 = s.client().pttl(s.keys.exec("e1")).await.unwrap();
     assert!((85_000..=90_000).contains(&ttl_ms), "PTTL {ttl_ms}");
@@ -747,4 +777,80 @@ async fn a_record_keeps_the_retention_it_was_accepted_with_and_one_without_is_re
     assert!(warmpool_core::store::corrupt_reads() > before, "counted");
     let record = executions::get(&s, "e2").await.unwrap().unwrap();
     assert_eq!(record.state, ExecutionState::Queued, "nothing was written");
+}
+
+#[tokio::test]
+async fn one_vm_cannot_start_finish_drop_or_heartbeat_for_another() {
+    use warmpool_core::store::vms::{Transition, TransitionResult};
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis.url(), "idn").await;
+    publish_default_settings(&s).await;
+    let token = lead(&s).await;
+    let mut ids = Vec::new();
+    for secret in ["secret-a", "secret-b"] {
+        let TransitionResult::Ok { vm_id, .. } =
+            vms::transition_with_secret(&s, token, "idn", Transition::Add { capacity: 4 }, secret)
+                .await
+                .unwrap()
+        else {
+            panic!("add goes through");
+        };
+        ids.push(AgentIdentity {
+            vm_id,
+            secret: secret.into(),
+        });
+    }
+    let (a, b) = (&ids[0], &ids[1]);
+    // Only B is Ready when the game arrives: it is leased to B.
+    let registered = vms::register(&s, &b.vm_id, 4, &[], "test", &b.secret)
+        .await
+        .unwrap();
+    assert!(matches!(registered, Registration::Ok { .. }));
+    submit(&s, "g", "e1", None).await;
+    vms::register(&s, &a.vm_id, 4, &[], "test", &a.secret)
+        .await
+        .unwrap();
+    let entries = stream_entries(&s, &b.vm_id).await;
+    assert_eq!(entries.len(), 1);
+    let before = executions::get(&s, "e1").await.unwrap().unwrap();
+
+    // A's agent, claiming to be B (its own secret, B's id): refused at every step.
+    let posing = AgentIdentity {
+        vm_id: b.vm_id.clone(),
+        secret: a.secret.clone(),
+    };
+    assert_eq!(
+        executions::start(&s, &posing, "e1").await.unwrap(),
+        Start::Refused
+    );
+    let forged = Finish::Finished(ok_result());
+    assert_eq!(
+        executions::finish(&s, &posing, "e1", 1, &entries[0].0, &forged)
+            .await
+            .unwrap(),
+        Recorded::Refused
+    );
+    assert!(!executions::ack(&s, &posing, &entries[0].0).await.unwrap());
+    assert_eq!(
+        vms::heartbeat(&s, &posing, &Default::default())
+            .await
+            .unwrap()
+            .held,
+        Held::Refused
+    );
+    // As itself, A cannot take B's work either: the game is leased to B.
+    assert_eq!(executions::start(&s, a, "e1").await.unwrap(), Start::Skip);
+    // Nothing changed: the record, B's entry, B's heartbeat time.
+    assert_eq!(executions::get(&s, "e1").await.unwrap().unwrap(), before);
+    assert_eq!(stream_entries(&s, &b.vm_id).await, entries);
+    // B, with its own secret, runs and finishes it.
+    let Start::Run { attempt, .. } = executions::start(&s, b, "e1").await.unwrap() else {
+        panic!("B starts its own work");
+    };
+    assert_eq!(
+        executions::finish(&s, b, "e1", attempt, &entries[0].0, &forged)
+            .await
+            .unwrap(),
+        Recorded::Written
+    );
 }

@@ -244,11 +244,14 @@ pub enum Start {
     Skip,
     /// The pool declared this VM dead: stop taking work.
     VmDead,
+    /// The secret presented is not the VM's: this agent is not that VM. Nothing was written.
+    Refused,
 }
 
 /// An agent marks an execution running on its VM.
-pub async fn start(store: &Store, vm_id: &str, execution_id: &str) -> StoreResult<Start> {
+pub async fn start(store: &Store, me: &AgentIdentity, execution_id: &str) -> StoreResult<Start> {
     let k = &store.keys;
+    let vm_id = me.vm_id.as_str();
     let reply = store
         .call(
             &SCRIPTS.start_execution,
@@ -260,19 +263,28 @@ pub async fn start(store: &Store, vm_id: &str, execution_id: &str) -> StoreResul
                 k.vm_running.clone(),
                 k.vm_state.clone(),
                 k.stats.clone(),
+                k.vm_info.clone(),
             ],
-            vec![arg(execution_id), arg(vm_id), arg(k.events.as_str())],
+            vec![
+                arg(execution_id),
+                arg(vm_id),
+                arg(k.events.as_str()),
+                arg(me.secret.as_str()),
+            ],
         )
         .await?;
-    Ok(match reply.status(&["run", "skip", "cancelled", "dead"])? {
-        "run" => Start::Run {
-            attempt: reply.int(1)?,
-            job_json: reply.str(2)?,
-            trace_id: Some(reply.str(3)?).filter(|t| !t.is_empty()),
+    Ok(
+        match reply.status(&["run", "skip", "cancelled", "dead", "refused"])? {
+            "run" => Start::Run {
+                attempt: reply.int(1)?,
+                job_json: reply.str(2)?,
+                trace_id: Some(reply.str(3)?).filter(|t| !t.is_empty()),
+            },
+            "dead" => Start::VmDead,
+            "refused" => Start::Refused,
+            _ => Start::Skip,
         },
-        "dead" => Start::VmDead,
-        _ => Start::Skip,
-    })
+    )
 }
 
 /// How an attempt ended, as the agent reports it.
@@ -286,13 +298,14 @@ pub enum Finish {
 /// result was stale (another attempt or VM owns the execution): nothing was written.
 pub async fn finish(
     store: &Store,
-    vm_id: &str,
+    me: &AgentIdentity,
     execution_id: &str,
     attempt: i64,
     entry_id: &str,
     outcome: &Finish,
-) -> StoreResult<bool> {
+) -> StoreResult<Recorded> {
     let k = &store.keys;
+    let vm_id = me.vm_id.as_str();
     let encode = |v: Result<String, serde_json::Error>| {
         v.map_err(|e| StoreError::Reply {
             script: SCRIPTS.finish_execution.name,
@@ -319,6 +332,7 @@ pub async fn finish(
                 k.vm_running.clone(),
                 k.queue(vm_id),
                 k.stats.clone(),
+                k.vm_info.clone(),
             ],
             vec![
                 arg(execution_id),
@@ -330,23 +344,62 @@ pub async fn finish(
                 arg(error),
                 arg(k.events.as_str()),
                 arg(GROUP),
+                arg(me.secret.as_str()),
+            ],
+        )
+        .await?;
+    Ok(match reply.int(0)? {
+        1 => Recorded::Written,
+        0 => Recorded::Stale,
+        _ => Recorded::Refused,
+    })
+}
+
+/// What [`finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The result is the execution's.
+    Written,
+    /// Another attempt or VM owns the execution: nothing was written.
+    Stale,
+    /// The secret presented is not the VM's: nothing was written, the entry stays.
+    Refused,
+}
+
+/// Who an agent is, as it proves it on every call that changes state: its VM's id and secret
+/// (`""` for a VM whose record holds none). `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub vm_id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AgentIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentIdentity")
+            .field("vm_id", &self.vm_id)
+            .field("secret", &if self.secret.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
+}
+
+/// Acknowledges and drops a stream entry the agent will not run (one script: the entry is
+/// never left acknowledged but still on the stream); `false` when the secret is not the VM's
+/// (nothing written).
+pub async fn ack(store: &Store, me: &AgentIdentity, entry_id: &str) -> StoreResult<bool> {
+    let reply = store
+        .call(
+            &SCRIPTS.drop_entry,
+            vec![store.keys.queue(&me.vm_id), store.keys.vm_info.clone()],
+            vec![
+                arg(GROUP),
+                arg(entry_id),
+                arg(me.vm_id.as_str()),
+                arg(me.secret.as_str()),
             ],
         )
         .await?;
     Ok(reply.int(0)? == 1)
-}
-
-/// Acknowledges and drops a stream entry the agent will not run (one script: the entry is
-/// never left acknowledged but still on the stream).
-pub async fn ack(store: &Store, vm_id: &str, entry_id: &str) -> StoreResult<()> {
-    store
-        .call(
-            &SCRIPTS.drop_entry,
-            vec![store.keys.queue(vm_id)],
-            vec![arg(GROUP), arg(entry_id)],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Tunables of [`requeue_stream`], from the configuration.
@@ -373,7 +426,12 @@ pub async fn requeue_stream(store: &Store, vm_id: &str, p: RequeueParams) -> Sto
                 format!("entry {entry_id} of {dead_queue}"),
                 "no execution id (field e)",
             );
-            ack(store, vm_id, &entry_id).await?;
+            // The leader drops it as the dead VM would: with the VM's own secret.
+            let me = AgentIdentity {
+                vm_id: vm_id.to_string(),
+                secret: super::vms::secret(store, vm_id).await?,
+            };
+            ack(store, &me, &entry_id).await?;
             continue;
         };
         let mut expected = String::new();

@@ -221,7 +221,8 @@ impl Store {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> StoreResult<Reply> {
-        debug_assert_eq!(keys.len(), s.num_keys, "{}", s.name);
+        debug_assert_eq!(keys.len(), s.num_keys, "{}: keys", s.name);
+        debug_assert_eq!(args.len(), s.num_args(), "{}: args", s.name);
         let value: Value = s
             .script
             .evalsha_with_reload(self.client(), keys, args)

@@ -14,6 +14,22 @@ pub struct LuaScript {
     pub script: Script,
 }
 
+impl LuaScript {
+    /// How many ARGV the header declares (the highest `ARGV[n]` it names): every call passes
+    /// exactly as many (checked in debug builds, as the key count is).
+    pub fn num_args(&self) -> usize {
+        let header = self.file.split_once("]]").map_or(self.file, |(h, _)| h);
+        header
+            .match_indices("ARGV[")
+            .filter_map(|(at, _)| {
+                let rest = &header[at + 5..];
+                rest[..rest.find(']')?].parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 macro_rules! lua {
     ($name:literal, $keys:literal) => {{
         let file = include_str!(concat!("../../../redis/", $name, "-", $keys, ".lua"));
@@ -81,15 +97,15 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     requeue_execution: lua!("requeue_execution", 8),
     snapshot_pool: lua!("snapshot_pool", 7),
     register_vm: lua!("register_vm", 12),
-    heartbeat: lua!("heartbeat", 6),
+    heartbeat: lua!("heartbeat", 7),
     put_game: lua!("put_game", 7),
     delete_game: lua!("delete_game", 10),
     place_pending: lua!("place_pending", 7),
     submit_execution: lua!("submit_execution", 13),
-    start_execution: lua!("start_execution", 7),
-    finish_execution: lua!("finish_execution", 4),
+    start_execution: lua!("start_execution", 8),
+    finish_execution: lua!("finish_execution", 5),
     end_execution: lua!("end_execution", 4),
-    drop_entry: lua!("drop_entry", 1),
+    drop_entry: lua!("drop_entry", 2),
     add_reservation: lua!("add_reservation", 1),
     save_reservation: lua!("save_reservation", 1),
 });

@@ -194,6 +194,8 @@ pub async fn register(
 pub enum Held {
     /// The pool has no record of this VM.
     Unknown,
+    /// The secret presented is not the VM's: this agent is not that VM (nothing written).
+    Refused,
     State(VmState),
 }
 
@@ -223,8 +225,13 @@ pub struct AgentFigures {
 
 /// Records a heartbeat with the agent's `figures`. A state this build does not know is an
 /// error (the heartbeat was written; the caller logs it).
-pub async fn heartbeat(store: &Store, vm_id: &str, figures: &AgentFigures) -> StoreResult<Beat> {
+pub async fn heartbeat(
+    store: &Store,
+    me: &super::executions::AgentIdentity,
+    figures: &AgentFigures,
+) -> StoreResult<Beat> {
     let k = &store.keys;
+    let vm_id = me.vm_id.as_str();
     let figures = serde_json::to_string(figures).map_err(|e| StoreError::Reply {
         script: SCRIPTS.heartbeat.name,
         detail: format!("encoding the figures: {e}"),
@@ -239,13 +246,15 @@ pub async fn heartbeat(store: &Store, vm_id: &str, figures: &AgentFigures) -> St
                 k.vm_running.clone(),
                 k.stats.clone(),
                 k.vm_agent.clone(),
+                k.vm_info.clone(),
             ],
-            vec![arg(vm_id), arg(figures)],
+            vec![arg(vm_id), arg(figures), arg(me.secret.as_str())],
         )
         .await?;
     let word = reply.str(0)?;
     let held = match word.as_str() {
         "unknown" => Held::Unknown,
+        "refused" => Held::Refused,
         other => Held::State(parse_state(vm_id, other)?),
     };
     Ok(Beat {

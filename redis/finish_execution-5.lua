@@ -8,6 +8,7 @@
   KEYS[2] vm_running  HASH vm_id -> running executions
   KEYS[3] queue       STREAM of this VM
   KEYS[4] stats       HASH the pool's counters: executions by final state and outcome, run times
+  KEYS[5] vm_info     HASH vm_id -> JSON info (the VM's secret)
 
   ARGV[1] execution_id
   ARGV[2] vm_id
@@ -18,17 +19,22 @@
   ARGV[7] error JSON    '' for none
   ARGV[8] channel       pub/sub channel that wakes waiting replicas
   ARGV[9] group         the streams' consumer group
+  ARGV[10] secret       the VM's secret: only the agent of that VM records its results
 
-  Returns 1 when this call wrote the result, 0 when it was stale (nothing written).
+  Returns 1 when this call wrote the result, 0 when it was stale (nothing written), -1 when
+  the secret is not the VM's (nothing written, the entry stays).
 
   Errors: an execution record without its retention fails it with CORRUPT, and a result or
   error that is not JSON fails it (cjson): the entry was acknowledged, the record untouched.
 ]]
-local exec_key, vm_running, queue, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local exec_key, vm_running, queue, stats, vm_info = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local exec_id, vm, attempt, entry_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state, result, err = ARGV[5], ARGV[6], ARGV[7]
-local channel, group = ARGV[8], ARGV[9]
+local channel, group, secret = ARGV[8], ARGV[9], ARGV[10]
 
+if not proves(vm_info, vm, secret) then
+  return -1
+end
 drop_entry(queue, group, entry_id)
 
 local fields = redis.call('HMGET', exec_key, 'state', 'vm', 'attempts', 'started')

@@ -11,24 +11,29 @@
   KEYS[5] vm_running   HASH vm_id -> running executions
   KEYS[6] vm_state     HASH vm_id -> state
   KEYS[7] stats        HASH the pool's counters: cancelled executions, queue waits
+  KEYS[8] vm_info      HASH vm_id -> JSON info (the VM's secret)
 
   ARGV[1] execution_id
   ARGV[2] vm_id         the VM starting it
   ARGV[3] channel       pub/sub channel that wakes waiting replicas
+  ARGV[4] secret        the VM's secret: only the agent of that VM starts its work
 
-  Returns {'run', attempt, job JSON, trace id or ''} | {'skip', state or 'gone'} | {'cancelled'}
-        | {'dead'}
+  Returns {'run', attempt, job JSON, trace id or ''} | {'skip', state or 'gone' or 'elsewhere'}
+        | {'cancelled'} | {'dead'} | {'refused'} (the secret is not the VM's: nothing written)
 
   Errors: a game record that is not JSON fails the script (cjson) before it writes; an
   execution record without its retention fails it with CORRUPT, before it writes.
 ]]
 local exec_key, queued, game_queued, games = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local vm_running, vm_state, stats = KEYS[5], KEYS[6], KEYS[7]
-local exec_id, vm, channel = ARGV[1], ARGV[2], ARGV[3]
+local vm_running, vm_state, stats, vm_info = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local exec_id, vm, channel, secret = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
 
 if redis.call('HGET', vm_state, vm) == 'dead' then
   return { 'dead' }
+end
+if not proves(vm_info, vm, secret) then
+  return { 'refused' }
 end
 local fields = redis.call('HMGET', exec_key, 'state', 'vm', 'game', 'epoch')
 local state, ran_on, game_id, epoch = fields[1], fields[2], fields[3], fields[4]
@@ -48,6 +53,11 @@ if game_ended(games, game_id, epoch) then
   end_queued(exec_key, queued, game_queued, exec_id, 'cancelled', 'game_ended',
     'the game was deleted or expired before the execution ran', retention_ms, channel, now, stats)
   return { 'cancelled' }
+end
+-- Only the VM its game is leased to runs it (an entry left elsewhere is stale).
+local game = cjson.decode(redis.call('HGET', games, game_id))
+if game.vm ~= vm then
+  return { 'skip', 'elsewhere' }
 end
 
 if not rerun then
